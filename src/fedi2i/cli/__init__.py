@@ -1,0 +1,8 @@
+"""The ``fedi2i`` command line: data, train, attack, audit, flower."""
+
+from __future__ import annotations
+
+from fedi2i.cli.app import app
+from fedi2i.cli import data_cmd, train_cmd  # noqa: F401  (registers commands)
+
+__all__ = ["app"]

@@ -1,0 +1,148 @@
+"""Turn patient volumes into normalised 2D axial slice tensors, and split patients per centre.
+
+All slices of a split are held in memory as tensors: the quick and paper datasets fit easily, and a
+plain index permutation is faster than a DataLoader for this size (see bench/train_throughput.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fedi2i.data.synthrad import PatientRecord, PatientVolumes, load_patient
+from fedi2i.errors import DataError
+
+log = logging.getLogger(__name__)
+
+HU_MIN, HU_MAX = -1024.0, 3000.0
+HU_RANGE = HU_MAX - HU_MIN
+
+
+def normalise_mr(mr: np.ndarray, mask: np.ndarray, percentiles: tuple[float, float]) -> np.ndarray:
+    """Per-volume percentile scaling of the MRI inside the body to about [0, 1]."""
+    lo, hi = np.percentile(mr[mask > 0], percentiles)
+    scale = hi - lo if hi > lo else 1.0
+    return ((mr - lo) / scale).astype(np.float32)
+
+
+def ct_to_unit(ct: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+    """HU clipped to [-1024, 3000] and mapped to [-1, 1]."""
+    if isinstance(ct, torch.Tensor):
+        return (ct.clamp(HU_MIN, HU_MAX) - HU_MIN) / HU_RANGE * 2 - 1
+    return ((np.clip(ct, HU_MIN, HU_MAX) - HU_MIN) / HU_RANGE * 2 - 1).astype(np.float32)
+
+
+def unit_to_hu(x: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+    """Inverse of :func:`ct_to_unit` (within the clipping range)."""
+    return (x + 1) / 2 * HU_RANGE + HU_MIN
+
+
+@dataclass
+class SliceSet:
+    """Axial slices of several patients: mr/ct/mask tensors [N, 1, H, W] plus who each slice is from."""
+
+    mr: torch.Tensor
+    ct: torch.Tensor
+    mask: torch.Tensor
+    patient: list[str]
+    slice_index: torch.Tensor
+    centre: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.mr.shape[0])
+
+    @property
+    def patients(self) -> list[str]:
+        return list(dict.fromkeys(self.patient))
+
+    def select(self, index: torch.Tensor | list[int]) -> "SliceSet":
+        idx = torch.as_tensor(index, dtype=torch.long)
+        return SliceSet(self.mr[idx], self.ct[idx], self.mask[idx], [self.patient[i] for i in idx.tolist()],
+                        self.slice_index[idx], [self.centre[i] for i in idx.tolist()])
+
+    def of_patients(self, pids: list[str] | set[str]) -> "SliceSet":
+        wanted = set(pids)
+        return self.select([i for i, p in enumerate(self.patient) if p in wanted])
+
+    @staticmethod
+    def concat(parts: list["SliceSet"]) -> "SliceSet":
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            raise DataError("no slices to concatenate")
+        return SliceSet(torch.cat([p.mr for p in parts]), torch.cat([p.ct for p in parts]),
+                        torch.cat([p.mask for p in parts]), sum((p.patient for p in parts), []),
+                        torch.cat([p.slice_index for p in parts]), sum((p.centre for p in parts), []))
+
+
+def volume_to_slices(vol: PatientVolumes, image_size: int, percentiles: tuple[float, float],
+                     min_mask_fraction: float = 0.05, stride: int = 1) -> SliceSet:
+    """Normalise one patient and resize its body-containing axial slices to image_size^2."""
+    mr = normalise_mr(vol.mr, vol.mask, percentiles)
+    ct = ct_to_unit(vol.ct)
+    keep = np.where(vol.mask.reshape(vol.mask.shape[0], -1).mean(1) >= min_mask_fraction)[0][::stride]
+    if keep.size == 0:
+        raise DataError(f"no axial slice has {min_mask_fraction:.0%} body in its mask", patient=vol.pid)
+    stack = torch.from_numpy(np.stack([mr[keep], ct[keep], vol.mask[keep].astype(np.float32)], 1))
+    if stack.shape[-2:] != (image_size, image_size):
+        stack = F.interpolate(stack, size=(image_size, image_size), mode="bilinear", align_corners=False)
+    mask = (stack[:, 2:3] > 0.5).float()
+    ct_t = torch.where(mask > 0, stack[:, 1:2], torch.full_like(stack[:, 1:2], -1.0 + 24 / HU_RANGE * 2))
+    return SliceSet(stack[:, 0:1].contiguous(), ct_t.contiguous(), mask, [vol.pid] * len(keep),
+                    torch.from_numpy(keep.astype(np.int64)), [vol.centre] * len(keep))
+
+
+def load_slices(records: list[PatientRecord], image_size: int, percentiles: tuple[float, float],
+                min_mask_fraction: float = 0.05, stride: int = 1, skip_bad: bool = False) -> SliceSet:
+    """Load and slice several patients; a bad patient raises DataError or, with skip_bad, is skipped."""
+    parts = []
+    for record in records:
+        try:
+            vol = load_patient(record)
+            parts.append(volume_to_slices(vol, image_size, percentiles, min_mask_fraction, stride))
+        except DataError as exc:
+            if not skip_bad:
+                raise
+            log.warning("skipping %s", exc)
+    return SliceSet.concat(parts)
+
+
+@dataclass(frozen=True)
+class PatientSplit:
+    """Patient IDs per centre for train / val / test; unseen centres are test-only."""
+
+    train: dict[str, list[str]]
+    val: dict[str, list[str]]
+    test: dict[str, list[str]]
+
+    def all_train(self) -> list[str]:
+        return [p for pids in self.train.values() for p in pids]
+
+
+def split_patients(records: list[PatientRecord], train_centres: list[str], unseen_centres: list[str],
+                   val_fraction: float, test_fraction: float, seed: int) -> PatientSplit:
+    """Seeded patient-level split per training centre (slices of one patient never cross splits)."""
+    by_centre: dict[str, list[str]] = {}
+    for r in records:
+        by_centre.setdefault(r.centre, []).append(r.pid)
+    missing = [c for c in train_centres + unseen_centres if c not in by_centre]
+    if missing:
+        raise DataError(f"centre(s) {', '.join(missing)} have no patients; found {sorted(by_centre)}")
+    train, val, test = {}, {}, {}
+    for i, centre in enumerate(train_centres):
+        pids = sorted(by_centre[centre])
+        order = np.random.default_rng([seed, 104729, i]).permutation(len(pids))
+        pids = [pids[j] for j in order]
+        n_val = int(round(val_fraction * len(pids)))
+        n_test = int(round(test_fraction * len(pids)))
+        if len(pids) - n_val - n_test < 1:
+            raise DataError(f"centre {centre} has {len(pids)} patients: too few to keep one for training")
+        val[centre] = sorted(pids[:n_val])
+        test[centre] = sorted(pids[n_val:n_val + n_test])
+        train[centre] = sorted(pids[n_val + n_test:])
+    for centre in unseen_centres:
+        test[centre] = sorted(by_centre[centre])
+    return PatientSplit(train=train, val=val, test=test)

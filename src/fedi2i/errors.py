@@ -1,0 +1,42 @@
+"""Error types that carry a message a user can act on."""
+
+from __future__ import annotations
+
+
+class Fedi2iError(Exception):
+    """Base class: every error fedi2i raises on purpose derives from it."""
+
+
+class ConfigError(Fedi2iError, ValueError):
+    """A configuration is invalid (unknown key, impossible setting, incompatible options)."""
+
+
+class DataError(Fedi2iError):
+    """An input image or patient folder is missing, unreadable or inconsistent."""
+
+    def __init__(self, message: str, patient: str | None = None, path: str | None = None) -> None:
+        where = []
+        if patient:
+            where.append(f"patient {patient}")
+        if path:
+            where.append(f"file {path}")
+        prefix = f"[{', '.join(where)}] " if where else ""
+        super().__init__(prefix + message)
+        self.patient = patient
+        self.path = path
+
+
+class UpdateRejected(Fedi2iError):
+    """A client update cannot be aggregated (NaN/Inf, wrong shape)."""
+
+
+class AggregationError(Fedi2iError):
+    """A round cannot be aggregated (too few usable clients, too few survivors)."""
+
+
+class SecAggAbort(AggregationError):
+    """Secure aggregation aborted, e.g. fewer than the threshold of clients survived."""
+
+
+class RecordError(Fedi2iError):
+    """A curious-server record is missing what the caller asked for."""

@@ -1,0 +1,142 @@
+"""In-process federated runtime: rounds over local trainers and an aggregator, with checkpoints.
+
+Every random choice of a round is derived from (seed, round, client), never from a running RNG, so a run
+resumed from its last checkpoint ends with exactly the model an uninterrupted run ends with.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedi2i.config import Config
+from fedi2i.data.phantom import hash_seed
+from fedi2i.data.slices import SliceSet
+from fedi2i.evaluate import evaluate_centres
+from fedi2i.fl.client import ClientUpdate, LocalTrainer, round_lr
+from fedi2i.fl.server import Aggregator
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.pt"
+# Called after each round with (round_index, history entry) so a UI can show progress.
+RoundCallback = Callable[[int, dict[str, Any]], None]
+
+
+@dataclass
+class FederatedRun:
+    """State of a run: the global model vector and the per-round history."""
+
+    global_vector: torch.Tensor
+    next_round: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def sample_clients(cids: list[str], per_round: int | None, seed: int, round_index: int) -> list[str]:
+    """Seeded client sampling; None or >= n means every client every round."""
+    if per_round is None or per_round >= len(cids):
+        return list(cids)
+    rng = np.random.default_rng(hash_seed(seed, 31337, round_index))
+    return sorted(rng.choice(cids, size=per_round, replace=False).tolist())
+
+
+class FederatedEngine:
+    """Runs rounds: broadcast global -> local fit on each sampled client -> aggregate -> evaluate."""
+
+    def __init__(self, config: Config, trainers: dict[str, LocalTrainer], aggregator: Aggregator,
+                 run_dir: Path, eval_sets: dict[str, SliceSet] | None = None,
+                 dropouts: Callable[[int], dict[str, list[str]] | None] | None = None) -> None:
+        self.config = config
+        self.trainers = trainers
+        self.aggregator = aggregator
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.eval_sets = eval_sets or {}
+        self.dropouts = dropouts
+        first = next(iter(trainers.values()))
+        self.model = first.model
+        self.spec = first.spec
+
+    def initial_vector(self) -> torch.Tensor:
+        torch.manual_seed(self.config.seed)
+        from fedi2i.models import build_unet
+
+        return self.spec.flatten(build_unet(self.config.model).state_dict())
+
+    def load_or_start(self, resume: bool = True) -> FederatedRun:
+        path = self.run_dir / CHECKPOINT
+        if resume and path.exists():
+            state = torch.load(path, weights_only=False)
+            log.info("resuming %s at round %d", self.run_dir, state["next_round"])
+            return FederatedRun(state["global_vector"], state["next_round"], state["history"])
+        return FederatedRun(self.initial_vector())
+
+    def save(self, run: FederatedRun) -> None:
+        tmp = self.run_dir / (CHECKPOINT + ".tmp")
+        torch.save({"global_vector": run.global_vector, "next_round": run.next_round,
+                    "history": run.history}, tmp)
+        tmp.replace(self.run_dir / CHECKPOINT)
+
+    def run(self, resume: bool = True, stop_after: int | None = None,
+            on_round: RoundCallback | None = None) -> FederatedRun:
+        """Train until config.train.rounds (or ``stop_after`` rounds in this call, to test resume)."""
+        run = self.load_or_start(resume)
+        rounds = self.config.train.rounds
+        done_here = 0
+        while run.next_round < rounds:
+            if stop_after is not None and done_here >= stop_after:
+                break
+            entry = self.run_round(run.next_round, run.global_vector)
+            run.global_vector = entry.pop("_new_global")
+            run.history.append(entry)
+            run.next_round += 1
+            done_here += 1
+            self.save(run)
+            if on_round is not None:
+                on_round(run.next_round, entry)
+        return run
+
+    def run_round(self, r: int, global_vector: torch.Tensor) -> dict[str, Any]:
+        start = time.perf_counter()
+        cids = sample_clients(sorted(self.trainers), self.config.federation.clients_per_round,
+                              self.config.seed, r)
+        lr = round_lr(self.config.train, r)
+        updates: list[ClientUpdate] = [self.trainers[c].fit(global_vector, r, lr=lr) for c in cids]
+        fit_time = time.perf_counter() - start
+        extra = {"lr": lr, "local_epochs": self.config.train.local_epochs,
+                 "batch_size": self.config.train.batch_size, "loss": self.config.train.loss,
+                 "steps": {u.cid: u.steps for u in updates}}
+        outcome = self.aggregator.aggregate_round(r, global_vector, updates,
+                                                  self.dropouts(r) if self.dropouts else None, extra)
+        entry: dict[str, Any] = {
+            "round": r, "lr": lr, "clients": cids,
+            "train_loss": {u.cid: u.mean_loss for u in updates},
+            "rejected": outcome.rejected, "survivors": outcome.survivors,
+            "upload_bytes": outcome.upload_bytes,
+            "fit_seconds": fit_time, "round_seconds": time.perf_counter() - start,
+            "_new_global": outcome.new_global,
+        }
+        every = self.config.federation.eval_every
+        if self.eval_sets and every and ((r + 1) % every == 0 or r + 1 == self.config.train.rounds):
+            self.spec.load_into(self.model, outcome.new_global)
+            entry["val"] = {c: res["summary"] for c, res in evaluate_centres(self.model, self.eval_sets).items()}
+        return entry
+
+    def final_model(self, run: FederatedRun) -> torch.nn.Module:
+        self.spec.load_into(self.model, run.global_vector)
+        return self.model
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Atomic JSON write: a reader never sees half a file."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=float))
+    tmp.replace(path)

@@ -1,0 +1,116 @@
+"""The curious-server record: exactly what the server sees each round, on disk, and a reader for attacks.
+
+Each recorded round is one safetensors file ``record/round_XXXX.safetensors`` holding the global model
+the clients received (``global``), every client's returned update (``update/<cid>``) when the server
+sees individual updates, or only the aggregate (``aggregate``) under secure aggregation, plus a JSON
+header with example counts and the local training settings an attacker may know (lr, epochs, batch).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from fedi2i.errors import RecordError
+from fedi2i.fl.params import ParamSpec
+
+RECORD_DIR = "record"
+
+
+@dataclass
+class RoundView:
+    """One round as the server saw it."""
+
+    round: int
+    global_vector: torch.Tensor
+    updates: dict[str, torch.Tensor]  # empty under secure aggregation
+    aggregate: torch.Tensor
+    num_examples: dict[str, int]
+    secure: bool
+    meta: dict[str, Any]
+
+
+class CuriousServerRecorder:
+    """Writes the rounds named in the config; under SecAgg it can only ever receive the aggregate."""
+
+    def __init__(self, run_dir: Path, spec: ParamSpec, rounds: list[int] | str, fp16: bool = False,
+                 meta: dict[str, Any] | None = None) -> None:
+        self.dir = Path(run_dir) / RECORD_DIR
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.spec = spec
+        self.rounds = rounds
+        self.dtype = torch.float16 if fp16 else torch.float32
+        self.meta = meta or {}
+        (self.dir / "spec.json").write_text(json.dumps(
+            {"names": list(spec.names), "shapes": [list(s) for s in spec.shapes], "meta": self.meta}))
+
+    def wants(self, round_index: int) -> bool:
+        if self.rounds == "all":
+            return True
+        if self.rounds == "none":
+            return False
+        return round_index in self.rounds  # type: ignore[operator]
+
+    def record(self, round_index: int, global_vector: torch.Tensor, aggregate: torch.Tensor,
+               num_examples: dict[str, int], updates: dict[str, torch.Tensor] | None = None,
+               extra: dict[str, Any] | None = None) -> None:
+        if not self.wants(round_index):
+            return
+        tensors = {"global": global_vector, "aggregate": aggregate}
+        for cid, update in (updates or {}).items():
+            tensors[f"update/{cid}"] = update
+        tensors = {k: v.detach().to(self.dtype).contiguous() for k, v in tensors.items()}
+        header = {"round": round_index, "num_examples": num_examples, "secure": updates is None,
+                  **(extra or {})}
+        path = self.dir / f"round_{round_index:04d}.safetensors"
+        tmp = path.with_suffix(".tmp")
+        save_file(tensors, str(tmp), metadata={"header": json.dumps(header)})
+        tmp.replace(path)
+
+
+class ServerRecord:
+    """Reader API used by the attacks: which rounds exist, the global model, each client's update."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.dir = Path(run_dir) / RECORD_DIR
+        spec_path = self.dir / "spec.json"
+        if not spec_path.exists():
+            raise RecordError(f"{run_dir} has no curious-server record (train with --record-rounds)")
+        raw = json.loads(spec_path.read_text())
+        self.spec = ParamSpec(tuple(raw["names"]), tuple(tuple(s) for s in raw["shapes"]))
+        self.meta: dict[str, Any] = raw.get("meta", {})
+
+    def rounds(self) -> list[int]:
+        return sorted(int(p.stem.split("_")[1]) for p in self.dir.glob("round_*.safetensors"))
+
+    def _path(self, round_index: int) -> Path:
+        path = self.dir / f"round_{round_index:04d}.safetensors"
+        if not path.exists():
+            raise RecordError(f"round {round_index} was not recorded; recorded rounds: {self.rounds()}")
+        return path
+
+    def round(self, round_index: int) -> RoundView:
+        path = self._path(round_index)
+        tensors = {k: v.float() for k, v in load_file(str(path)).items()}
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            header = json.loads(handle.metadata()["header"])
+        updates = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("update/")}
+        return RoundView(round=round_index, global_vector=tensors["global"], updates=updates,
+                         aggregate=tensors["aggregate"], num_examples=header.pop("num_examples"),
+                         secure=header.pop("secure"), meta=header)
+
+    def client_update(self, round_index: int, cid: str) -> torch.Tensor:
+        view = self.round(round_index)
+        if view.secure:
+            raise RecordError(f"round {round_index} ran under secure aggregation: the server never saw "
+                              f"client {cid}'s individual update, only the aggregate")
+        if cid not in view.updates:
+            raise RecordError(f"client {cid} is not in round {round_index}; clients: {sorted(view.updates)}")
+        return view.updates[cid]

@@ -1,0 +1,311 @@
+"""Server side of SecAgg / SecAgg+ as a state machine.
+
+The server routes messages and computes the output; it never sees an unmasked input. Each
+``collect_*`` method takes the replies that arrived for a stage (clients that did not answer
+have dropped out) and returns the requests of the next stage, keyed by client id.
+
+Sets, as in Bonawitz et al.: ``U1`` advertised keys, ``U2`` shared keys, ``U3`` uploaded a
+masked input (the survivors, whose inputs are in the sum), ``U4`` answered the unmask request.
+With a threshold ``t`` (relative to a neighbourhood of ``degree + 1`` clients) the round aborts
+with :class:`~fedi2i.errors.SecAggAbort` as soon as some client's neighbourhood among the
+current set falls below ``t``, or a secret cannot be reconstructed from ``U4``'s shares.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import shamir
+from .config import SecAggConfig
+from .crypto import INFO_MASK, KEY_BYTES, KeyPair, agree, apply_masks
+from .exceptions import ProtocolViolation, SecAggAbort
+from .graph import neighbourhood_graph
+from .messages import (
+    AdvertiseKeys,
+    MaskedInput,
+    MaskedInputRequest,
+    SetupRequest,
+    ShareKeysReply,
+    ShareKeysRequest,
+    UnmaskReply,
+    UnmaskRequest,
+)
+from .quantize import dequantize_sum
+
+
+@dataclass
+class SecAggResult:
+    """Output of one secure-aggregation round.
+
+    Attributes:
+        total: float64 sum over ``survivors`` of their input vectors (dequantised); within
+            ``config.error_bound(n)`` of the true sum for inputs inside ``[-clip, clip]``.
+        survivors: ids of the clients whose input is in the sum (sorted).
+        masked_uploads: exactly what the server received per client (uint32 arrays).
+        upload_bytes: bytes each client uploaded over all stages (payload sizes).
+        quant_bits: the ``k`` used; ``error_bound`` the per-coordinate bound for this round.
+    """
+
+    total: np.ndarray
+    survivors: list[str]
+    masked_uploads: dict[str, np.ndarray]
+    upload_bytes: dict[str, int]
+    quant_bits: int = 0
+    error_bound: float = 0.0
+    dropped: dict[str, list[str]] = field(default_factory=dict)  # stage -> ids that dropped there
+
+
+def graph_seed_from(seed: int) -> bytes:
+    return hashlib.sha256(b"fedi2i/secagg/v1/graph\x00" + int(seed).to_bytes(16, "little", signed=True)).digest()
+
+
+class SecAggServer:
+    """Server state for one round.
+
+    Args:
+        config: secure aggregation settings.
+        client_ids: the clients selected for the round.
+        seed: drives the neighbourhood graph (broadcast as a 32-byte graph seed).
+        vector_length: number of values per input, if known (checked on upload).
+        round_id: 16+ random bytes binding keys and ciphertexts to this round (default: fresh).
+    """
+
+    def __init__(
+        self,
+        config: SecAggConfig,
+        client_ids: Iterable[str],
+        seed: int,
+        *,
+        vector_length: int | None = None,
+        round_id: bytes | None = None,
+    ) -> None:
+        ids = sorted(set(client_ids))
+        if not ids:
+            raise SecAggAbort("secure aggregation needs at least one client")
+        self.config = config
+        self.client_ids = ids
+        self.n = len(ids)
+        self.quant_bits = config.quant_bits_for(self.n)
+        self.degree = config.neighbourhood_degree(self.n)
+        self.threshold = config.threshold_count(self.degree + 1)
+        self.graph_seed = graph_seed_from(seed)
+        self.graph = neighbourhood_graph(ids, self.degree, self.graph_seed)
+        self.round_id = round_id if round_id is not None else os.urandom(16)
+        self.slots = {cid: i + 1 for i, cid in enumerate(ids)}
+        self.vector_length = vector_length
+        self.stage = "advertise"
+        self.u1: set[str] = set()
+        self.u2: set[str] = set()
+        self.u3: set[str] = set()
+        self.u4: set[str] = set()
+        self.c_publics: dict[str, bytes] = {}
+        self.s_publics: dict[str, bytes] = {}
+        self._ciphertexts: dict[str, dict[str, bytes]] = {}  # sender -> recipient -> blob
+        self.masked_uploads: dict[str, np.ndarray] = {}
+        self.upload_bytes: dict[str, int] = dict.fromkeys(ids, 0)
+        self._sum: np.ndarray | None = None
+
+    # ------------------------------------------------------------------ helpers
+    def _begin(self, stage: str) -> None:
+        if self.stage != stage:
+            raise ProtocolViolation(f"server: '{stage}' replies arrived while in stage '{self.stage}'")
+
+    def _accept(self, replies: Iterable, cls: type, allowed: set[str], stage: str) -> dict:
+        got: dict = {}
+        for r in replies:
+            if not isinstance(r, cls):
+                raise ProtocolViolation(f"server: expected {cls.__name__} in stage '{stage}', got {type(r).__name__}")
+            if r.client_id not in allowed:
+                raise ProtocolViolation(f"server: unexpected '{stage}' reply from {r.client_id!r}")
+            if r.client_id in got:
+                raise ProtocolViolation(f"server: duplicate '{stage}' reply from {r.client_id!r}")
+            got[r.client_id] = r
+            self.upload_bytes[r.client_id] += r.nbytes()
+        return got
+
+    def _check_neighbourhoods(self, alive: set[str], who: Iterable[str], stage: str) -> None:
+        t = self.threshold
+        if len(alive) < t:
+            raise SecAggAbort(
+                f"secure aggregation aborted at stage '{stage}': {len(alive)} of {self.n} clients "
+                f"left, fewer than the threshold t={t}"
+            )
+        for u in sorted(who):
+            live = len((self.graph[u] | {u}) & alive)
+            if live < t:
+                raise SecAggAbort(
+                    f"secure aggregation aborted at stage '{stage}': client {u} has {live} live clients "
+                    f"in its neighbourhood of {self.degree + 1}, fewer than the threshold t={t}"
+                )
+
+    # ------------------------------------------------------------------ stage 0
+    def setup_request(self) -> SetupRequest:
+        """The broadcast that opens the round (same for every client)."""
+        return SetupRequest(
+            round_id=self.round_id,
+            client_ids=tuple(self.client_ids),
+            graph_seed=self.graph_seed,
+            degree=self.degree,
+            threshold=self.threshold,
+            clip=self.config.clip,
+            modulus_bits=self.config.modulus_bits,
+            quant_bits=self.quant_bits,
+            vector_length=-1 if self.vector_length is None else self.vector_length,
+        )
+
+    def collect_advertise(self, replies: Iterable[AdvertiseKeys]) -> dict[str, ShareKeysRequest]:
+        self._begin("advertise")
+        got = self._accept(replies, AdvertiseKeys, set(self.client_ids), "advertise")
+        for cid, r in got.items():
+            if len(r.c_public) != KEY_BYTES or len(r.s_public) != KEY_BYTES:
+                raise ProtocolViolation(f"server: {cid} advertised keys that are not 32-byte X25519 keys")
+        self.u1 = set(got)
+        self._check_neighbourhoods(self.u1, self.u1, "advertise")
+        self.c_publics = {cid: r.c_public for cid, r in got.items()}
+        self.s_publics = {cid: r.s_public for cid, r in got.items()}
+        out = {}
+        for u in sorted(self.u1):
+            group = sorted((self.graph[u] | {u}) & self.u1)
+            out[u] = ShareKeysRequest({v: self.c_publics[v] for v in group}, {v: self.s_publics[v] for v in group})
+        self.stage = "share"
+        return out
+
+    # ------------------------------------------------------------------ stage 1
+    def collect_shares(self, replies: Iterable[ShareKeysReply]) -> dict[str, MaskedInputRequest]:
+        self._begin("share")
+        got = self._accept(replies, ShareKeysReply, self.u1, "share")
+        for u, r in got.items():
+            expected = (self.graph[u] & self.u1) - {u}
+            if set(r.ciphertexts) != expected:
+                raise ProtocolViolation(
+                    f"server: {u} sent shares to {sorted(r.ciphertexts)}, expected its neighbours {sorted(expected)}"
+                )
+        self.u2 = set(got)
+        self._check_neighbourhoods(self.u2, self.u2, "share")
+        self._ciphertexts = {u: dict(r.ciphertexts) for u, r in got.items()}
+        out = {}
+        for u in sorted(self.u2):
+            inbox = {v: self._ciphertexts[v][u] for v in sorted(self.graph[u] & self.u2)}
+            out[u] = MaskedInputRequest(inbox)
+        self.stage = "masked_input"
+        return out
+
+    # ------------------------------------------------------------------ stage 2
+    def collect_masked_inputs(self, replies: Iterable[MaskedInput]) -> dict[str, UnmaskRequest]:
+        self._begin("masked_input")
+        got = self._accept(replies, MaskedInput, self.u2, "masked_input")
+        mod_mask = np.uint32((1 << self.config.modulus_bits) - 1) if self.config.modulus_bits < 32 else None
+        for u, r in sorted(got.items()):
+            y = r.masked
+            if not isinstance(y, np.ndarray) or y.dtype != np.uint32 or y.ndim != 1:
+                raise ProtocolViolation(f"server: masked input of {u} is not a 1-D uint32 array")
+            if self.vector_length is None:
+                self.vector_length = int(y.shape[0])
+            if y.shape[0] != self.vector_length:
+                raise ProtocolViolation(
+                    f"server: masked input of {u} has {y.shape[0]} values, expected {self.vector_length}"
+                )
+            if mod_mask is not None and (y > mod_mask).any():
+                raise ProtocolViolation(f"server: masked input of {u} is outside Z_2^{self.config.modulus_bits}")
+            self.masked_uploads[u] = y
+            if self._sum is None:
+                self._sum = y.copy()
+            else:
+                np.add(self._sum, y, out=self._sum)
+        self.u3 = set(got)
+        dropped = self.u2 - self.u3
+        # every survivor's b_u, and the key of every dropped client a survivor masked with,
+        # must be recoverable from the survivors' shares
+        needs_key = {v for v in dropped if self.graph[v] & self.u3}
+        self._check_neighbourhoods(self.u3, self.u3 | needs_key, "masked_input")
+        out = {}
+        for u in sorted(self.u3):
+            peers = self.graph[u] & self.u2
+            out[u] = UnmaskRequest(tuple(sorted((peers & self.u3) | {u})), tuple(sorted(peers & dropped)))
+        self.stage = "unmask"
+        return out
+
+    # ------------------------------------------------------------------ stage 3
+    def collect_unmask(self, replies: Iterable[UnmaskReply]) -> SecAggResult:
+        """Reconstruct the masks, remove them and return the dequantised sum."""
+        self._begin("unmask")
+        got = self._accept(replies, UnmaskReply, self.u3, "unmask")
+        self.u4 = set(got)
+        t = self.threshold
+        b_shares: dict[str, dict[int, int]] = {u: {} for u in self.u3}
+        s_shares: dict[str, dict[int, int]] = {v: {} for v in self.u2 - self.u3}
+        for w, r in got.items():
+            overlap = set(r.b_shares) & set(r.s_shares)
+            if overlap:
+                raise ProtocolViolation(f"server: {w} revealed both shares of {sorted(overlap)}")
+            for owner, enc, store in [(o, e, b_shares) for o, e in r.b_shares.items()] + [
+                (o, e, s_shares) for o, e in r.s_shares.items()
+            ]:
+                if owner not in store or (owner != w and owner not in self.graph[w]):
+                    raise ProtocolViolation(f"server: {w} revealed an unexpected share of {owner!r}")
+                try:
+                    x, y = shamir.decode_share(enc)
+                except ValueError as exc:
+                    raise ProtocolViolation(f"server: share of {owner} from {w}: {exc}") from None
+                if x != self.slots[w]:
+                    raise ProtocolViolation(f"server: share of {owner} from {w} has x={x}, expected {self.slots[w]}")
+                store[owner][x] = y
+        keys: list[bytes] = []
+        signs: list[int] = []
+        for u in sorted(self.u3):
+            keys.append(self._reconstruct(b_shares[u], u, "self-mask seed"))
+            signs.append(-1)
+        for v in sorted(s_shares):
+            partners = self.graph[v] & self.u3
+            if not partners:
+                continue
+            sk = self._reconstruct(s_shares[v], v, "masking key")
+            pair = KeyPair.from_private_bytes(sk)
+            if pair.public_bytes != self.s_publics[v]:
+                raise SecAggAbort(
+                    f"secure aggregation aborted: the masking key of {v} rebuilt from shares does not "
+                    "match its advertised public key (corrupted shares)"
+                )
+            for u in sorted(partners):
+                keys.append(agree(pair.private, self.s_publics[u], salt=self.round_id, info=INFO_MASK))
+                # u added +PRG if slot(u) < slot(v): remove it
+                signs.append(-1 if self.slots[u] < self.slots[v] else 1)
+        assert self._sum is not None
+        total = self._sum
+        apply_masks(total, keys, signs)
+        if self.config.modulus_bits < 32:
+            np.bitwise_and(total, np.uint32((1 << self.config.modulus_bits) - 1), out=total)
+        survivors = sorted(self.u3)
+        value = dequantize_sum(total, len(survivors), self.config.clip, self.quant_bits)
+        self._sum = None
+        self.stage = "done"
+        return SecAggResult(
+            total=value,
+            survivors=survivors,
+            masked_uploads=dict(self.masked_uploads),
+            upload_bytes=dict(self.upload_bytes),
+            quant_bits=self.quant_bits,
+            error_bound=self.config.error_bound(self.n),
+            dropped={
+                "advertise": sorted(set(self.client_ids) - self.u1),
+                "share": sorted(self.u1 - self.u2),
+                "masked_input": sorted(self.u2 - self.u3),
+                "unmask": sorted(self.u3 - self.u4),
+            },
+        )
+
+    def _reconstruct(self, shares: dict[int, int], owner: str, what: str) -> bytes:
+        if len(shares) < self.threshold:
+            raise SecAggAbort(
+                f"secure aggregation aborted at stage 'unmask': only {len(shares)} shares of the {what} "
+                f"of {owner} arrived, fewer than the threshold t={self.threshold}"
+            )
+        try:
+            return shamir.combine(shares.items(), self.threshold, KEY_BYTES)
+        except ValueError as exc:
+            raise SecAggAbort(f"secure aggregation aborted: {what} of {owner}: {exc}") from None

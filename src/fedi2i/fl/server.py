@@ -1,0 +1,112 @@
+"""The server's side of a round: check client updates, aggregate them (plainly or securely), record.
+
+Plain object with no transport: the in-process engine and the Flower ServerApp both call it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from fedi2i.errors import AggregationError, UpdateRejected
+from fedi2i.fl.client import ClientUpdate
+from fedi2i.fl.observer import CuriousServerRecorder
+from fedi2i.fl.secagg import SecAggConfig, secure_sum
+from fedi2i.fl.strategies import AggregationRule
+
+log = logging.getLogger(__name__)
+
+# A server-side monitor sees each round's individual updates (e.g. the poisoning detector).
+RoundMonitor = Callable[[int, torch.Tensor, dict[str, ClientUpdate]], None]
+
+
+@dataclass
+class RoundOutcome:
+    """What one round produced: the new global vector and the bookkeeping around it."""
+
+    new_global: torch.Tensor
+    accepted: list[str]
+    rejected: dict[str, str]
+    survivors: list[str]
+    upload_bytes: int = 0
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+def check_update(update: ClientUpdate, expected_numel: int) -> None:
+    """Reject updates that cannot be aggregated: wrong shape, NaN/Inf, non-positive example count."""
+    if update.delta.ndim != 1 or update.delta.numel() != expected_numel:
+        raise UpdateRejected(f"client {update.cid}: update has shape {tuple(update.delta.shape)}, "
+                             f"expected ({expected_numel},)")
+    if not torch.isfinite(update.delta).all():
+        bad = int((~torch.isfinite(update.delta)).sum())
+        raise UpdateRejected(f"client {update.cid}: update has {bad} non-finite values (NaN/Inf)")
+    if update.num_examples <= 0:
+        raise UpdateRejected(f"client {update.cid}: reported {update.num_examples} examples")
+
+
+class Aggregator:
+    """Aggregates one round's updates into a new global model."""
+
+    def __init__(self, rule: AggregationRule, numel: int, min_clients: int = 1,
+                 secagg: SecAggConfig | None = None, recorder: CuriousServerRecorder | None = None,
+                 monitors: list[RoundMonitor] | None = None, seed: int = 0) -> None:
+        self.rule = rule
+        self.numel = numel
+        self.min_clients = max(1, min_clients)
+        self.secagg = secagg if secagg is not None and secagg.enabled else None
+        self.recorder = recorder
+        self.monitors = monitors or []
+        self.seed = seed
+
+    def screen(self, updates: list[ClientUpdate]) -> tuple[list[ClientUpdate], dict[str, str]]:
+        accepted, rejected = [], {}
+        for update in updates:
+            try:
+                check_update(update, self.numel)
+                accepted.append(update)
+            except UpdateRejected as exc:
+                log.warning("round update rejected: %s", exc)
+                rejected[update.cid] = str(exc)
+        if len(accepted) < self.min_clients:
+            raise AggregationError(f"only {len(accepted)} usable update(s), fewer than min_clients="
+                                   f"{self.min_clients}; rejected: {rejected or 'none'}")
+        return accepted, rejected
+
+    def aggregate_round(self, round_index: int, global_vector: torch.Tensor, updates: list[ClientUpdate],
+                        dropouts: dict[str, list[str]] | None = None,
+                        record_extra: dict[str, object] | None = None) -> RoundOutcome:
+        """Screen, aggregate, record; under secure aggregation individual updates never reach here."""
+        accepted, rejected = self.screen(updates)
+        counts = {u.cid: u.num_examples for u in accepted}
+        if self.secagg is None:
+            self.rule.check(len(accepted))
+            stacked = torch.stack([u.delta for u in accepted])
+            aggregate = self.rule.aggregate(stacked, torch.tensor([u.num_examples for u in accepted],
+                                                                   dtype=torch.float32))
+            for monitor in self.monitors:
+                monitor(round_index, global_vector, {u.cid: u for u in accepted})
+            survivors, upload = [u.cid for u in accepted], 4 * self.numel * len(accepted)
+            individual: dict[str, torch.Tensor] | None = {u.cid: u.delta for u in accepted}
+        else:
+            aggregate, survivors, upload = self._secure_mean(round_index, accepted, dropouts)
+            individual = None
+        if self.recorder is not None:
+            self.recorder.record(round_index, global_vector, aggregate,
+                                 {c: counts[c] for c in survivors}, individual, record_extra)
+        return RoundOutcome(global_vector + aggregate, [u.cid for u in accepted], rejected, survivors, upload)
+
+    def _secure_mean(self, round_index: int, accepted: list[ClientUpdate],
+                     dropouts: dict[str, list[str]] | None) -> tuple[torch.Tensor, list[str], int]:
+        """Example-weighted mean through SecAgg: clients pre-scale by n_k / N, the server renormalises
+        by the survivors' share, so a dropped client only removes its own term."""
+        total = sum(u.num_examples for u in accepted)
+        weights = {u.cid: u.num_examples / total for u in accepted}
+        vectors = {u.cid: (u.delta * weights[u.cid]).numpy().astype(np.float32) for u in accepted}
+        result = secure_sum(vectors, self.secagg, seed=self.seed * 100003 + round_index, dropouts=dropouts)
+        share = sum(weights[c] for c in result.survivors)
+        aggregate = torch.from_numpy(np.asarray(result.total, dtype=np.float32)) / share
+        return aggregate, list(result.survivors), int(sum(result.upload_bytes.values()))

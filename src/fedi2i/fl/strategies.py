@@ -1,0 +1,441 @@
+"""Aggregation rules over flattened client updates: FedAvg, FedProx and Byzantine-robust rules.
+
+Every rule maps a stack of client updates ``[n, d]`` and their example counts ``[n]`` to one
+vector ``[d]``. The work is vectorised over coordinates in torch; the only Python loop over clients
+is Bulyan's iterative Krum selection, which the definition makes sequential.
+
+The semantics follow Flower's reference functions (``flwr.server.strategy.aggregate``) so that results
+can be cross-checked: numpy's median (mean of the two middle values for an even count), a trimmed mean
+that cuts ``int(beta * n)`` values at each end, Krum scores over the ``n - f - 2`` nearest neighbours,
+Multi-Krum as the example-weighted mean of the ``m`` best scores, and Bulyan as ``n - 2f`` rounds of
+Krum followed by the mean of the ``n - 4f`` values closest to the coordinate-wise median.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from numbers import Integral, Real
+from typing import ClassVar
+
+import torch
+
+from fedi2i.errors import AggregationError, ConfigError
+
+__all__ = [
+    "STRATEGY_NAMES",
+    "AggregationRule",
+    "Bulyan",
+    "FedAvg",
+    "FedMedian",
+    "FedProx",
+    "Krum",
+    "MultiKrum",
+    "TrimmedMean",
+    "build_rule",
+]
+
+STRATEGY_NAMES = ("fedavg", "fedprox", "fedmedian", "trimmed", "krum", "multikrum", "bulyan")
+
+
+# --------------------------------------------------------------------------------------------------
+# Input handling
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 stays float64; every other float type is computed in float32 (half precision is too coarse)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _as_matrix(updates: torch.Tensor) -> torch.Tensor:
+    """Check the update stack and cast it to the compute dtype (no copy when it already has it)."""
+    if not isinstance(updates, torch.Tensor) or updates.ndim != 2:
+        shape = tuple(updates.shape) if isinstance(updates, torch.Tensor) else type(updates).__name__
+        raise AggregationError(f"updates must be a 2-D tensor [n_clients, n_params], got {shape}")
+    if not updates.is_floating_point():
+        raise AggregationError(f"updates must be floating point, got {updates.dtype}")
+    return updates.to(_compute_dtype(updates.dtype))
+
+
+def _prepare(updates: torch.Tensor, num_examples: torch.Tensor | Sequence[float]
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validated updates and example counts, both in the compute dtype."""
+    x = _as_matrix(updates)
+    counts = torch.as_tensor(num_examples)
+    if counts.ndim != 1 or counts.shape[0] != updates.shape[0]:
+        raise AggregationError(f"num_examples must have shape ({updates.shape[0]},) to match the updates, "
+                               f"got {tuple(counts.shape)}")
+    counts = counts.to(device=x.device, dtype=x.dtype)
+    if not bool(torch.isfinite(counts).all()) or bool((counts < 0).any()):
+        raise AggregationError(f"num_examples must be finite and non-negative, got {counts.tolist()}")
+    return x, counts
+
+
+def _weighted_mean(x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Example-weighted mean as one matrix-vector product (a zero count drops a row without a copy)."""
+    total = counts.sum()
+    if not bool(total > 0):
+        raise AggregationError("the selected clients report 0 examples in total; cannot weight their updates")
+    return (counts / total) @ x
+
+
+# --------------------------------------------------------------------------------------------------
+# Coordinate-wise order statistics and Krum scoring
+
+
+def _median(x: torch.Tensor) -> torch.Tensor:
+    """numpy's median along dim 0: the middle value, or the mean of the two middle values for even n.
+
+    torch.median returns the lower middle value; for even n the upper one is found with elementwise
+    passes (the smallest value above the lower median, unless ties already fill that rank), which is
+    much cheaper than a second selection.
+    """
+    n = x.shape[0]
+    lower = torch.median(x, dim=0).values
+    if n % 2 == 1:
+        return lower
+    n_at_most = (x <= lower).sum(dim=0)
+    above = torch.where(x > lower, x, torch.full((), math.inf, dtype=x.dtype, device=x.device)).amin(dim=0)
+    upper = torch.where(n_at_most > n // 2, lower, above)
+    return (lower + upper) / 2
+
+
+def _sorted_median(v: torch.Tensor) -> torch.Tensor:
+    """numpy's median along dim 0 of values already sorted along dim 0."""
+    n = v.shape[0]
+    if n % 2 == 1:
+        return v[n // 2]
+    return (v[n // 2 - 1] + v[n // 2]) / 2
+
+
+def _pairwise_sq_dists(x: torch.Tensor) -> torch.Tensor:
+    """Squared Euclidean distances between rows, in float64 for stable score sums.
+
+    Rows are centred first: for many clients torch.cdist uses the ``|a|^2 + |b|^2 - 2ab`` expansion,
+    whose cancellation error scales with the squared norms, and distances do not change under a shift.
+    """
+    centred = x - x.mean(dim=0, keepdim=True)
+    return torch.cdist(centred, centred).double().pow(2)
+
+
+def _krum_scores(sq_dists: torch.Tensor, f: int) -> torch.Tensor:
+    """Krum score of each row: sum of squared distances to its ``max(1, n - f - 2)`` nearest others."""
+    n = sq_dists.shape[0]
+    k = min(max(1, n - f - 2), n - 1)
+    if k == 0:
+        return torch.zeros(n, dtype=sq_dists.dtype, device=sq_dists.device)
+    others = sq_dists.clone()
+    others.fill_diagonal_(math.inf)
+    return torch.topk(others, k, dim=1, largest=False).values.sum(dim=1)
+
+
+def _check_count(value: object, what: str) -> int:
+    """A non-negative integer parameter such as f (bools are rejected: they are not counts)."""
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < 0:
+        raise ConfigError(f"{what} must be an integer >= 0, got {value!r}")
+    return int(value)
+
+
+# --------------------------------------------------------------------------------------------------
+# Rules
+
+
+class AggregationRule(ABC):
+    """One way of turning a round's client updates into the global update.
+
+    ``needs_individual_updates`` tells whether the rule must see each update (robust rules) or only
+    their weighted sum, which is what secure aggregation delivers.
+    """
+
+    name: ClassVar[str]
+    needs_individual_updates: ClassVar[bool]
+
+    @property
+    @abstractmethod
+    def min_clients(self) -> int:
+        """Smallest number of clients this rule can aggregate with its parameters."""
+
+    @abstractmethod
+    def _requirement(self) -> str:
+        """Human-readable reason for ``min_clients``, e.g. "Krum with f=2 needs n >= 2f+3 = 7 clients"."""
+
+    @abstractmethod
+    def _aggregate(self, x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """Aggregate validated updates ``[n, d]`` (compute dtype) with their counts ``[n]``."""
+
+    def _problem(self, n_clients: int) -> str | None:
+        """Why ``n_clients`` cannot be aggregated, or None."""
+        if n_clients < self.min_clients:
+            return f"{self._requirement()}, got {n_clients}"
+        return None
+
+    def check(self, n_clients: int) -> None:
+        """Fail early with ConfigError when the rule cannot work with ``n_clients`` clients per round."""
+        problem = self._problem(n_clients)
+        if problem is not None:
+            raise ConfigError(problem)
+
+    def aggregate(self, updates: torch.Tensor, num_examples: torch.Tensor | Sequence[float]) -> torch.Tensor:
+        """Aggregate ``updates [n, d]`` into ``[d]`` with the input's dtype and device.
+
+        Raises AggregationError when this round has too few clients for the rule (e.g. after dropouts).
+        """
+        x, counts = _prepare(updates, num_examples)
+        self._require(x.shape[0])
+        return self._aggregate(x, counts).to(updates.dtype)
+
+    def _require(self, n_clients: int) -> None:
+        """Runtime twin of ``check``: a round that lost clients is an AggregationError, not a config error."""
+        problem = self._problem(n_clients)
+        if problem is not None:
+            raise AggregationError(problem)
+
+
+@dataclass(frozen=True)
+class FedAvg(AggregationRule):
+    """Mean of the updates weighted by each client's example count (McMahan et al. 2017)."""
+
+    name: ClassVar[str] = "fedavg"
+    needs_individual_updates: ClassVar[bool] = False
+
+    @property
+    def min_clients(self) -> int:
+        return 1
+
+    def _requirement(self) -> str:
+        return f"{self.name} needs at least 1 client"
+
+    def _aggregate(self, x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        return _weighted_mean(x, counts)
+
+
+@dataclass(frozen=True)
+class FedProx(FedAvg):
+    """FedAvg on the server; the proximal term ``mu/2 |w - w_global|^2`` is applied by the clients.
+
+    ``mu`` is kept here so that the run's configuration and records say which value was used.
+    """
+
+    name: ClassVar[str] = "fedprox"
+    mu: float = 0.01
+
+    def __post_init__(self) -> None:
+        if isinstance(self.mu, bool) or not isinstance(self.mu, Real) or not math.isfinite(self.mu) or self.mu < 0:
+            raise ConfigError(f"FedProx mu must be a finite number >= 0, got {self.mu!r}")
+
+
+@dataclass(frozen=True)
+class FedMedian(AggregationRule):
+    """Coordinate-wise median (Yin et al. 2018): tolerates f faulty clients while f < n/2."""
+
+    name: ClassVar[str] = "fedmedian"
+    needs_individual_updates: ClassVar[bool] = True
+
+    @property
+    def min_clients(self) -> int:
+        return 3
+
+    def _requirement(self) -> str:
+        return "the coordinate-wise median needs n >= 3 clients to outvote one faulty client (f < n/2)"
+
+    def _aggregate(self, x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        return _median(x)
+
+
+@dataclass(frozen=True)
+class TrimmedMean(AggregationRule):
+    """Coordinate-wise mean after dropping the ``int(beta * n)`` smallest and largest values.
+
+    A positive beta that would trim nothing for this n is refused: it would silently be FedAvg
+    without weights. beta = 0 asks for the plain unweighted mean on purpose and is allowed.
+    """
+
+    name: ClassVar[str] = "trimmed"
+    needs_individual_updates: ClassVar[bool] = True
+    beta: float = 0.2
+
+    def __post_init__(self) -> None:
+        if (isinstance(self.beta, bool) or not isinstance(self.beta, Real)
+                or not 0.0 <= float(self.beta) < 0.5):
+            raise ConfigError(f"trimmed-mean beta must be in [0, 0.5), got {self.beta!r}")
+
+    def cut(self, n_clients: int) -> int:
+        """How many values are dropped at each end of every coordinate (Flower: ``int(beta * n)``)."""
+        return int(self.beta * n_clients)
+
+    @property
+    def min_clients(self) -> int:
+        if self.beta == 0:
+            return 1
+        n = max(1, math.ceil(1.0 / self.beta) - 1)
+        while self.cut(n) < 1:
+            n += 1
+        return n
+
+    def _requirement(self) -> str:
+        if self.beta == 0:
+            return "the trimmed mean needs at least 1 client"
+        return (f"the trimmed mean with beta={self.beta} needs n >= {self.min_clients} clients so that "
+                f"int(beta*n) >= 1 value is trimmed at each end")
+
+    def _aggregate(self, x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        k = self.cut(n)
+        if k == 0:
+            return x.mean(dim=0)
+        return torch.sort(x, dim=0).values[k:n - k].mean(dim=0)
+
+
+@dataclass(frozen=True)
+class Krum(AggregationRule):
+    """Krum (Blanchard et al. 2017): the single update with the smallest score.
+
+    Score = sum of squared distances to the ``n - f - 2`` nearest other updates; needs n >= 2f + 3.
+    """
+
+    name: ClassVar[str] = "krum"
+    needs_individual_updates: ClassVar[bool] = True
+    f: int = 1
+
+    def __post_init__(self) -> None:
+        _check_count(self.f, f"{self._label()} f (number of Byzantine clients)")
+
+    def _label(self) -> str:
+        return "Krum"
+
+    @property
+    def min_clients(self) -> int:
+        return 2 * self.f + 3
+
+    def _requirement(self) -> str:
+        return f"{self._label()} with f={self.f} needs n >= 2f+3 = {self.min_clients} clients"
+
+    def scores(self, updates: torch.Tensor) -> torch.Tensor:
+        """Krum score of each update (float64, lower is more central); useful for monitoring."""
+        x = _as_matrix(updates)
+        self._require(x.shape[0])
+        return _krum_scores(_pairwise_sq_dists(x), self.f)
+
+    def _aggregate(self, x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        best = int(torch.argmin(_krum_scores(_pairwise_sq_dists(x), self.f)))
+        return x[best].clone()
+
+
+@dataclass(frozen=True)
+class MultiKrum(Krum):
+    """Multi-Krum: example-weighted mean of the ``m`` updates with the best Krum scores.
+
+    ``m = None`` keeps ``n - f`` updates. The weighting by example counts follows Flower's Krum.
+    """
+
+    name: ClassVar[str] = "multikrum"
+    m: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.m is not None and _check_count(self.m, "Multi-Krum m (updates kept)") < 1:
+            raise ConfigError(f"Multi-Krum m (updates kept) must be >= 1, got {self.m}")
+
+    def _label(self) -> str:
+        return "Multi-Krum"
+
+    @property
+    def min_clients(self) -> int:
+        floor = 2 * self.f + 3
+        return floor if self.m is None else max(floor, self.m + self.f)
+
+    def _requirement(self) -> str:
+        if self.m is None or self.m + self.f <= 2 * self.f + 3:
+            return super()._requirement()
+        return (f"Multi-Krum with f={self.f} keeping m={self.m} needs n >= m+f = {self.min_clients} clients "
+                f"(at most n - f updates can be kept)")
+
+    def kept(self, n_clients: int) -> int:
+        """Number of updates averaged for a round of ``n_clients``."""
+        return n_clients - self.f if self.m is None else self.m
+
+    def _aggregate(self, x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        scores = _krum_scores(_pairwise_sq_dists(x), self.f)
+        best = torch.topk(scores, self.kept(x.shape[0]), largest=False).indices
+        selected = torch.zeros_like(counts)
+        selected[best] = counts[best]
+        return _weighted_mean(x, selected)
+
+
+@dataclass(frozen=True)
+class Bulyan(AggregationRule):
+    """Bulyan (El Mhamdi et al. 2018) over Krum; needs n >= 4f + 3.
+
+    theta = n - 2f updates are picked by repeated Krum (each pick leaves the pool), then every
+    coordinate averages the beta = theta - 2f picked values closest to the picked values' median.
+    """
+
+    name: ClassVar[str] = "bulyan"
+    needs_individual_updates: ClassVar[bool] = True
+    f: int = 1
+
+    def __post_init__(self) -> None:
+        _check_count(self.f, "Bulyan f (number of Byzantine clients)")
+
+    @property
+    def min_clients(self) -> int:
+        return 4 * self.f + 3
+
+    def _requirement(self) -> str:
+        return f"Bulyan with f={self.f} needs n >= 4f+3 = {self.min_clients} clients"
+
+    def select(self, x: torch.Tensor) -> list[int]:
+        """Indices of the theta updates picked by repeated Krum, in picking order.
+
+        Distances are computed once; each round scores the remaining pool (its size changes the
+        neighbour count, as in Flower), so the loop runs over picks, not coordinates.
+        """
+        sq_dists = _pairwise_sq_dists(x)
+        pool = list(range(x.shape[0]))
+        picked: list[int] = []
+        for _ in range(x.shape[0] - 2 * self.f):
+            idx = torch.tensor(pool, device=sq_dists.device)
+            scores = _krum_scores(sq_dists[idx][:, idx], self.f)
+            picked.append(pool.pop(int(torch.argmin(scores))))
+        return picked
+
+    def _aggregate(self, x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        picked = self.select(x)
+        theta = len(picked)
+        beta = theta - 2 * self.f
+        values = torch.sort(x[torch.tensor(picked, device=x.device)], dim=0).values
+        median = _sorted_median(values)
+        # The beta values closest to the median are a window of beta consecutive sorted values; the
+        # 2f+1 candidate windows start at 0..2f. The best one has the nearest far end.
+        spread = torch.maximum(median - values[: theta - beta + 1], values[beta - 1:] - median)
+        start = torch.argmin(spread, dim=0)
+        rank = torch.arange(theta, device=x.device).unsqueeze(1)
+        in_window = (rank >= start) & (rank < start + beta)
+        return torch.where(in_window, values, torch.zeros((), dtype=values.dtype, device=x.device)).sum(dim=0) / beta
+
+
+# --------------------------------------------------------------------------------------------------
+# Factory
+
+
+def build_rule(name: str, *, fedprox_mu: float = 0.01, trimmed_beta: float = 0.2, krum_f: int = 1,
+               multikrum_m: int | None = None, bulyan_f: int = 1) -> AggregationRule:
+    """Rule for a configured strategy name; parameters of other strategies are ignored."""
+    key = name.strip().lower() if isinstance(name, str) else name
+    if key == "fedavg":
+        return FedAvg()
+    if key == "fedprox":
+        return FedProx(mu=fedprox_mu)
+    if key == "fedmedian":
+        return FedMedian()
+    if key == "trimmed":
+        return TrimmedMean(beta=trimmed_beta)
+    if key == "krum":
+        return Krum(f=krum_f)
+    if key == "multikrum":
+        return MultiKrum(f=krum_f, m=multikrum_m)
+    if key == "bulyan":
+        return Bulyan(f=bulyan_f)
+    raise ConfigError(f"unknown aggregation strategy {name!r}; choose one of {', '.join(STRATEGY_NAMES)}")

@@ -1,0 +1,140 @@
+"""One training run from a config: data -> trainers -> engine -> final evaluation, metrics and figures.
+
+Centralised training is a federation of one client ("ALL") holding every training slice, run by the
+same engine, so the two differ only in how the data is partitioned.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedi2i import figures
+from fedi2i.config import Config, dump_config
+from fedi2i.data.federation import FederatedData, load_federation
+from fedi2i.data.slices import SliceSet
+from fedi2i.evaluate import evaluate_centres, predict
+from fedi2i.fl.client import LocalTrainer, UpdateTransform
+from fedi2i.fl.engine import FederatedEngine, FederatedRun, RoundCallback, write_json
+from fedi2i.fl.observer import CuriousServerRecorder
+from fedi2i.fl.server import Aggregator, RoundMonitor
+from fedi2i.fl.strategies import build_rule
+
+log = logging.getLogger(__name__)
+
+CENTRALISED_ID = "ALL"
+DataTransform = Callable[[SliceSet], SliceSet]
+
+
+@dataclass
+class RunOptions:
+    """What an experiment changes around a plain run (attacks plug in here, not into the engine)."""
+
+    centralised: bool = False
+    data_transforms: dict[str, DataTransform] = field(default_factory=dict)
+    update_transforms: dict[str, UpdateTransform] = field(default_factory=dict)
+    monitors: list[RoundMonitor] = field(default_factory=list)
+    dropouts: Callable[[int], dict[str, list[str]] | None] | None = None
+    resume: bool = True
+    stop_after: int | None = None
+    on_round: RoundCallback | None = None
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    run: FederatedRun
+    metrics: dict[str, Any]
+    model: torch.nn.Module
+
+
+def build_trainers(config: Config, data: FederatedData, options: RunOptions) -> dict[str, LocalTrainer]:
+    parts = {CENTRALISED_ID: data.centralised_train()} if options.centralised else dict(data.train)
+    mu = config.federation.fedprox_mu if config.federation.strategy == "fedprox" else 0.0
+    trainers = {}
+    for cid, slices in parts.items():
+        if cid in options.data_transforms:
+            slices = options.data_transforms[cid](slices)
+        trainers[cid] = LocalTrainer(cid, slices, config.model, config.train, config.seed, fedprox_mu=mu,
+                                     dp=config.dp, update_transform=options.update_transforms.get(cid))
+    return trainers
+
+
+def build_engine(config: Config, data: FederatedData, run_dir: Path, options: RunOptions) -> FederatedEngine:
+    """Wire trainers, aggregation rule, secure aggregation, recorder and monitors for one run."""
+    fed = config.federation
+    trainers = build_trainers(config, data, options)
+    rule = build_rule(fed.strategy, fedprox_mu=fed.fedprox_mu, trimmed_beta=fed.trimmed_beta,
+                      krum_f=fed.krum_f, multikrum_m=fed.multikrum_m, bulyan_f=fed.bulyan_f)
+    n_per_round = min(fed.clients_per_round or len(trainers), len(trainers))
+    if not config.secagg.enabled:
+        rule.check(n_per_round)
+    spec = next(iter(trainers.values())).spec
+    recorder = None
+    if fed.record_rounds != "none" and not options.centralised:
+        recorder = CuriousServerRecorder(run_dir, spec, fed.record_rounds, fed.record_fp16, meta={
+            "model": config.model.model_dump(), "train": config.train.model_dump(),
+            "image_size": config.data.image_size, "secure": config.secagg.enabled,
+            "dp": config.dp.model_dump(), "clients": sorted(trainers)})
+    aggregator = Aggregator(rule, spec.numel, fed.min_clients, config.secagg, recorder, options.monitors,
+                            config.seed)
+    val_sets = {c: s for c, s in data.val.items()}
+    return FederatedEngine(config, trainers, aggregator, run_dir, val_sets, options.dropouts)
+
+
+def final_evaluation(model: torch.nn.Module, data: FederatedData, config: Config) -> dict[str, Any]:
+    """Test patients of every training centre and the whole unseen centre(s)."""
+    results = evaluate_centres(model, data.test)
+    unseen = {c: results[c]["summary"] for c in config.data.unseen_centres if c in results}
+    seen = {c: results[c]["summary"] for c in config.data.train_centres if c in results}
+    return {"test": results, "unseen": unseen, "seen": seen}
+
+
+def train(config: Config, run_dir: Path, data: FederatedData | None = None,
+          options: RunOptions | None = None) -> RunResult:
+    """Train (or resume) a run and write metrics.json, history, figures and the final model."""
+    options = options or RunOptions()
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    dump_config(config, run_dir / "config.yaml")
+    data = data or load_federation(config.data, config.seed)
+    engine = build_engine(config, data, run_dir, options)
+    start = time.perf_counter()
+    run = engine.run(resume=options.resume, stop_after=options.stop_after, on_round=options.on_round)
+    train_seconds = time.perf_counter() - start
+    model = engine.final_model(run)
+    finished = run.next_round >= config.train.rounds
+    metrics: dict[str, Any] = {"rounds_done": run.next_round, "finished": finished,
+                               "mode": "centralised" if options.centralised else "federated",
+                               "strategy": config.federation.strategy, "secagg": config.secagg.enabled,
+                               "dp": config.dp.enabled, "train_seconds_this_call": train_seconds,
+                               "num_parameters": engine.spec.numel,
+                               "train_slices": {c: t.num_examples for c, t in engine.trainers.items()}}
+    if finished:
+        metrics.update(final_evaluation(model, data, config))
+        torch.save(model.state_dict(), run_dir / "model.pt")
+        write_figures(run, model, data, config, run_dir)
+    write_json(run_dir / "history.json", run.history)
+    write_json(run_dir / "metrics.json", metrics)
+    return RunResult(run_dir, run, metrics, model)
+
+
+def write_figures(run: FederatedRun, model: torch.nn.Module, data: FederatedData, config: Config,
+                  run_dir: Path) -> None:
+    fig_dir = run_dir / "figures"
+    figures.loss_curve(run.history, fig_dir / "loss.png")
+    if any("val" in h for h in run.history):
+        figures.validation_curves(run.history, fig_dir / "val_mae.png")
+    for centre in config.data.unseen_centres[:1] + config.data.train_centres[:1]:
+        if centre in data.test:
+            slices = data.test[centre].of_patients(data.test[centre].patients[:1])
+            figures.sct_panels(slices, predict(model, slices), fig_dir / f"sct_{centre}.png",
+                               title=f"centre {centre} ({'unseen' if centre in config.data.unseen_centres else 'test'})")

@@ -1,0 +1,74 @@
+"""SynthRAD2023 metrics: hand-computed cases and a cross-check against scikit-image."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from fedi2i.metrics import image_similarity, mae, psnr, roc_summary, ssim
+
+
+def test_mae_hand_computed_and_unclipped() -> None:
+    ct = np.zeros((8, 8, 8))
+    sct = np.full((8, 8, 8), 10.0)
+    mask = np.zeros((8, 8, 8), bool)
+    mask[2:4] = True
+    sct[0] = 5000.0  # outside the mask: ignored
+    assert mae(ct, sct, mask) == pytest.approx(10.0)
+    sct[2, 0, 0] = 5000.0  # inside and beyond the HU range: MAE is not clipped
+    assert mae(ct, sct, mask) == pytest.approx((10.0 * 127 + 5000.0) / 128)
+
+
+def test_psnr_uses_population_range_and_clips() -> None:
+    rng = np.random.default_rng(0)
+    ct = rng.uniform(-1000, 2000, (10, 10, 10))
+    sct = ct + rng.normal(0, 50, ct.shape)
+    mask = np.ones(ct.shape, bool)
+    mse = np.mean((ct - np.clip(sct, -1024, 3000)) ** 2)
+    assert psnr(ct, sct, mask) == pytest.approx(10 * np.log10(4024**2 / mse), rel=1e-6)
+    far = sct.copy()
+    far[0, 0, 0] = 1e6  # clipped to 3000 before PSNR
+    clipped = np.clip(far, -1024, 3000)
+    assert psnr(ct, far, mask) == pytest.approx(peak_signal_noise_ratio(ct, clipped, data_range=4024))
+
+
+def test_ssim_matches_skimage_on_interior_mask() -> None:
+    rng = np.random.default_rng(1)
+    ct = rng.uniform(-1000, 1500, (12, 16, 16)).astype(np.float32)
+    sct = ct + rng.normal(0, 400, ct.shape).astype(np.float32)
+    mask = np.ones(ct.shape, bool)
+    gt, pr = ct + 1024, np.clip(sct, -1024, 3000) + 1024
+    _, smap = structural_similarity(gt, pr, data_range=4024, full=True)
+    assert ssim(ct, sct, mask) == pytest.approx(smap[3:-3, 3:-3, 3:-3].mean(), rel=1e-6)
+    assert ssim(ct, ct, mask) == pytest.approx(1.0)
+    assert ssim(ct, sct, mask) < 0.95
+
+
+def test_ssim_ignores_outside_mask() -> None:
+    rng = np.random.default_rng(2)
+    ct = rng.uniform(-500, 500, (12, 16, 16))
+    mask = np.zeros(ct.shape, bool)
+    mask[3:9, 4:12, 4:12] = True
+    other = ct.copy()
+    other[~mask] = rng.uniform(-1000, 3000, int((~mask).sum()))
+    assert ssim(ct, other, mask) == pytest.approx(1.0)
+
+
+def test_roc_summary_counts_and_tpr() -> None:
+    labels = np.array([1] * 50 + [0] * 200)
+    scores = np.concatenate([np.linspace(1, 2, 50), np.linspace(0, 1.5, 200)])
+    summary = roc_summary(labels, scores)
+    assert 0.5 < summary.auc < 1.0 and summary.n_negative == 200
+    assert 0 <= summary.tpr_at_fpr["0.01"] <= 1
+    perfect = roc_summary(labels, np.concatenate([np.ones(50) * 5, np.zeros(200)]))
+    assert perfect.auc == 1.0 and perfect.tpr_at_fpr["0.001"] == 1.0
+    with pytest.raises(ValueError):
+        roc_summary(np.ones(4), np.arange(4.0))
+
+
+def test_image_similarity_random_is_low() -> None:
+    rng = np.random.default_rng(3)
+    truth = rng.uniform(0, 1, (32, 32))
+    assert image_similarity(truth, truth)["ssim"] == pytest.approx(1.0)
+    assert image_similarity(truth, rng.uniform(0, 1, (32, 32)))["ssim"] < 0.1
