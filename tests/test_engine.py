@@ -88,3 +88,25 @@ def test_centre_without_data_is_clear(tiny_config: Config, tiny_data, tmp_path: 
     options = RunOptions(data_transforms={"A": lambda s: s.select([])})
     with pytest.raises(DataError, match="centre A has no usable training slices"):
         train(tiny_config, tmp_path / "x", tiny_data, options)
+
+
+@pytest.mark.parametrize("mode,norm", [("update", "batch"), ("dpsgd", "group")])
+def test_dp_runs_and_reports_epsilon(tiny_config: Config, tiny_data, tmp_path: Path, mode: str, norm: str) -> None:
+    cfg = tiny_config.model_copy(update={
+        "dp": tiny_config.dp.model_copy(update={"enabled": True, "mode": mode, "noise_multiplier": 1.0}),
+        "model": tiny_config.model.model_copy(update={"norm": norm})})
+    result = train(cfg, tmp_path / mode, tiny_data)
+    eps = result.metrics["dp"]["epsilon"]
+    assert 0 < eps < float("inf")
+    view = ServerRecord(tmp_path / mode).round(0)
+    if mode == "update":  # each update is clipped to norm 1 before noise of std 1 per coordinate
+        noise_std = float(torch.stack(list(view.updates.values())).std())
+        assert 0.8 < noise_std < 1.2
+
+
+def test_dpsgd_refuses_batchnorm(tiny_config: Config, tiny_data, tmp_path: Path) -> None:
+    from fedi2i.errors import ConfigError
+
+    cfg = tiny_config.model_copy(update={"dp": tiny_config.dp.model_copy(update={"enabled": True, "mode": "dpsgd"})})
+    with pytest.raises(ConfigError, match="BatchNorm"):
+        train(cfg, tmp_path / "x", tiny_data)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from types import ModuleType
+
 import numpy as np
 import pytest
 import torch
 
 from fedi2i.errors import AggregationError, ConfigError
+from fedi2i.fl import strategies
 from fedi2i.fl.strategies import (
     STRATEGY_NAMES,
     AggregationRule,
@@ -39,7 +42,7 @@ def naive_krum_scores(points: np.ndarray, f: int) -> np.ndarray:
 
 
 def naive_bulyan(points: np.ndarray, f: int) -> np.ndarray:
-    """Bulyan from its definition: repeated Krum picks, then per coordinate the beta values nearest the median."""
+    """Bulyan by definition: repeated Krum picks, then per coordinate the beta values nearest the median."""
     pool = list(range(len(points)))
     picked = []
     for _ in range(len(points) - 2 * f):
@@ -80,6 +83,13 @@ def flatten(layers: list[np.ndarray]) -> np.ndarray:
     return np.concatenate([np.asarray(layer).ravel() for layer in layers])
 
 
+@pytest.fixture(params=["introselect", "torch-sort"])
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test with numpy's introselect (CPU default) and with the torch path used off-CPU."""
+    monkeypatch.setattr(strategies, "_CPU_INTROSELECT", request.param == "introselect")
+    return str(request.param)
+
+
 @pytest.fixture
 def with_outlier() -> tuple[torch.Tensor, torch.Tensor]:
     """Seven honest updates around 1.0 and one huge outlier (a noise-poisoned client)."""
@@ -111,7 +121,8 @@ def test_fedprox_aggregates_like_fedavg_and_records_mu() -> None:
     torch.testing.assert_close(rule.aggregate(updates, counts), FedAvg().aggregate(updates, counts))
 
 
-def test_outlier_moves_fedavg_but_not_robust_rules(with_outlier: tuple[torch.Tensor, torch.Tensor]) -> None:
+def test_outlier_moves_fedavg_but_not_robust_rules(with_outlier: tuple[torch.Tensor, torch.Tensor],
+                                                   backend: str) -> None:
     updates, counts = with_outlier
     honest = torch.cat([updates[:3], updates[4:]])
     assert FedAvg().aggregate(updates, counts).min() > 1e4
@@ -120,7 +131,7 @@ def test_outlier_moves_fedavg_but_not_robust_rules(with_outlier: tuple[torch.Ten
         assert bool(((out >= honest.min(0).values - 1e-6) & (out <= honest.max(0).values + 1e-6)).all()), rule
 
 
-def test_median_hand_values() -> None:
+def test_median_hand_values(backend: str) -> None:
     odd = torch.tensor([[1.0, -3.0], [100.0, 0.0], [3.0, 7.0], [2.0, 1.0], [4.0, 5.0]])
     torch.testing.assert_close(FedMedian().aggregate(odd, torch.ones(5)), torch.tensor([3.0, 1.0]))
     even = torch.tensor([[1.0, 2.0], [100.0, 2.0], [3.0, 2.0], [2.0, 9.0]])
@@ -128,14 +139,14 @@ def test_median_hand_values() -> None:
 
 
 @pytest.mark.parametrize("n", [3, 4, 5, 6, 10, 11])
-def test_median_matches_numpy_with_many_ties(n: int) -> None:
+def test_median_matches_numpy_with_many_ties(n: int, backend: str) -> None:
     rng = np.random.default_rng(n)
     values = rng.integers(-2, 3, size=(n, 400)).astype(np.float64)  # heavy ties around the middle
     out = FedMedian().aggregate(torch.from_numpy(values), torch.ones(n))
     np.testing.assert_array_equal(out.numpy(), np.median(values, axis=0))
 
 
-def test_trimmed_mean_hand_values() -> None:
+def test_trimmed_mean_hand_values(backend: str) -> None:
     column = torch.tensor([[1.0], [2.0], [3.0], [4.0], [100.0]])
     # beta=0.2, n=5: int(1.0) = 1 value dropped at each end.
     torch.testing.assert_close(TrimmedMean(0.2).aggregate(column, torch.ones(5)), torch.tensor([3.0]))
@@ -163,12 +174,24 @@ def test_krum_returns_one_of_the_inputs(with_outlier: tuple[torch.Tensor, torch.
 
 
 @pytest.mark.parametrize(("n", "f"), [(3, 0), (7, 1), (8, 1), (11, 2), (12, 2)])
-def test_bulyan_matches_naive_definition(n: int, f: int) -> None:
+def test_bulyan_matches_naive_definition(n: int, f: int, backend: str) -> None:
     rng = np.random.default_rng(100 + n)
     points = rng.normal(size=(n, 7))
     points[rng.integers(n)] += 30.0
     out = Bulyan(f).aggregate(torch.from_numpy(points), torch.ones(n))
     np.testing.assert_allclose(out.numpy(), naive_bulyan(points, f), rtol=1e-12, atol=1e-12)
+
+
+def test_nearest_values_stage_with_ties(backend: str) -> None:
+    """Bulyan's second stage: exact ties on one side are filled in; a two-sided tie takes their mean."""
+    columns = torch.tensor([[0.0, 0.0], [1.0, 2.0], [1.0, 1.0], [1.0, 9.0], [5.0, 9.0]])
+    reference = torch.tensor([1.0, 1.0])
+    out = strategies._mean_nearest(columns, reference, 4)
+    # Column 0: three 1s and the 0 (5 is farther). Column 1: 1, then 0 and 2 tie at distance 1 and
+    # both fit, then one of the two 9s.
+    torch.testing.assert_close(out, torch.tensor([0.75, 3.0]))
+    out = strategies._mean_nearest(columns[:4, 1:], reference[1:], 2)  # 1 then one of {0, 2}
+    torch.testing.assert_close(out, torch.tensor([1.0]))
 
 
 def test_krum_is_exact_with_a_large_common_offset() -> None:
@@ -185,7 +208,7 @@ def test_krum_is_exact_with_a_large_common_offset() -> None:
 
 
 @pytest.fixture(scope="module")
-def flwr_aggregate():  # type: ignore[no-untyped-def]
+def flwr_aggregate() -> ModuleType:
     pytest.importorskip("flwr")
     from flwr.server.strategy import aggregate as module
 
@@ -194,7 +217,7 @@ def flwr_aggregate():  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("rule_name", ["fedavg", "fedprox"])
-def test_weighted_rules_match_flower(flwr_aggregate, rule_name: str, seed: int) -> None:  # type: ignore[no-untyped-def]
+def test_weighted_rules_match_flower(flwr_aggregate: ModuleType, rule_name: str, seed: int) -> None:
     results = random_layers(6, seed)
     updates, counts = to_tensors(results)
     ours = build_rule(rule_name).aggregate(updates, counts)
@@ -202,7 +225,7 @@ def test_weighted_rules_match_flower(flwr_aggregate, rule_name: str, seed: int) 
 
 
 @pytest.mark.parametrize("n", [3, 4, 7, 8])
-def test_median_matches_flower(flwr_aggregate, n: int) -> None:  # type: ignore[no-untyped-def]
+def test_median_matches_flower(flwr_aggregate: ModuleType, n: int, backend: str) -> None:
     results = random_layers(n, seed=n)
     updates, counts = to_tensors(results)
     np.testing.assert_allclose(FedMedian().aggregate(updates, counts).numpy(),
@@ -210,7 +233,7 @@ def test_median_matches_flower(flwr_aggregate, n: int) -> None:  # type: ignore[
 
 
 @pytest.mark.parametrize(("n", "beta"), [(5, 0.2), (8, 0.2), (10, 0.1), (10, 0.3), (9, 0.45), (6, 0.0)])
-def test_trimmed_mean_matches_flower(flwr_aggregate, n: int, beta: float) -> None:  # type: ignore[no-untyped-def]
+def test_trimmed_mean_matches_flower(flwr_aggregate: ModuleType, n: int, beta: float, backend: str) -> None:
     results = random_layers(n, seed=10 * n, n_outliers=2)
     updates, counts = to_tensors(results)
     np.testing.assert_allclose(TrimmedMean(beta).aggregate(updates, counts).numpy(),
@@ -218,7 +241,7 @@ def test_trimmed_mean_matches_flower(flwr_aggregate, n: int, beta: float) -> Non
 
 
 @pytest.mark.parametrize(("n", "f"), [(5, 1), (8, 2), (9, 3), (27, 4)])
-def test_krum_matches_flower(flwr_aggregate, n: int, f: int) -> None:  # type: ignore[no-untyped-def]
+def test_krum_matches_flower(flwr_aggregate: ModuleType, n: int, f: int) -> None:
     results = random_layers(n, seed=20 + n, n_outliers=f)
     updates, counts = to_tensors(results)
     np.testing.assert_allclose(Krum(f).aggregate(updates, counts).numpy(),
@@ -226,7 +249,7 @@ def test_krum_matches_flower(flwr_aggregate, n: int, f: int) -> None:  # type: i
 
 
 @pytest.mark.parametrize(("n", "f", "m"), [(5, 1, 2), (8, 2, 4), (9, 1, None), (27, 4, 10)])
-def test_multikrum_matches_flower(flwr_aggregate, n: int, f: int, m: int | None) -> None:  # type: ignore[no-untyped-def]
+def test_multikrum_matches_flower(flwr_aggregate: ModuleType, n: int, f: int, m: int | None) -> None:
     results = random_layers(n, seed=30 + n, n_outliers=f)
     updates, counts = to_tensors(results)
     to_keep = n - f if m is None else m
@@ -235,7 +258,7 @@ def test_multikrum_matches_flower(flwr_aggregate, n: int, f: int, m: int | None)
 
 
 @pytest.mark.parametrize(("n", "f"), [(7, 1), (8, 1), (11, 2), (12, 2), (15, 3)])
-def test_bulyan_matches_flower(flwr_aggregate, n: int, f: int) -> None:  # type: ignore[no-untyped-def]
+def test_bulyan_matches_flower(flwr_aggregate: ModuleType, n: int, f: int, backend: str) -> None:
     results = random_layers(n, seed=40 + n, n_outliers=f)
     updates, counts = to_tensors(results)
     reference = flwr_aggregate.aggregate_bulyan(list(results), f, flwr_aggregate.aggregate_krum, to_keep=0)
@@ -243,7 +266,7 @@ def test_bulyan_matches_flower(flwr_aggregate, n: int, f: int) -> None:  # type:
 
 
 @pytest.mark.parametrize("rule_name", STRATEGY_NAMES)
-def test_float32_matches_flower(flwr_aggregate, rule_name: str) -> None:  # type: ignore[no-untyped-def]
+def test_float32_matches_flower(flwr_aggregate: ModuleType, rule_name: str, backend: str) -> None:
     results = random_layers(11, seed=7, dtype=np.float32, n_outliers=2)
     updates, counts = to_tensors(results)
     reference = {
@@ -253,7 +276,8 @@ def test_float32_matches_flower(flwr_aggregate, rule_name: str) -> None:  # type
         "trimmed": lambda r: flwr_aggregate.aggregate_trimmed_avg(r, 0.2),
         "krum": lambda r: flwr_aggregate.aggregate_krum(r, 2, 0),
         "multikrum": lambda r: flwr_aggregate.aggregate_krum(r, 2, 11 - 2),
-        "bulyan": lambda r: flwr_aggregate.aggregate_bulyan(list(r), 2, flwr_aggregate.aggregate_krum, to_keep=0),
+        "bulyan": lambda r: flwr_aggregate.aggregate_bulyan(list(r), 2, flwr_aggregate.aggregate_krum,
+                                                            to_keep=0),
     }[rule_name](results)
     rule = build_rule(rule_name, krum_f=2, bulyan_f=2)
     out = rule.aggregate(updates, counts)
@@ -360,7 +384,7 @@ def test_check_reports_required_client_counts() -> None:
     build_rule("trimmed", trimmed_beta=0.2).check(5)
     assert build_rule("trimmed", trimmed_beta=0.3).min_clients == 4  # int(0.3 * 4) = 1
     assert build_rule("trimmed", trimmed_beta=0.1).min_clients == 10
-    with pytest.raises(ConfigError, match=r"Multi-Krum with f=1 keeping m=7 needs n >= m\+f = 8 clients.*got 7"):
+    with pytest.raises(ConfigError, match=r"f=1 keeping m=7 needs n >= m\+f = 8 clients.*got 7"):
         build_rule("multikrum", krum_f=1, multikrum_m=7).check(7)
     build_rule("multikrum", krum_f=1, multikrum_m=6).check(7)
     with pytest.raises(ConfigError, match=r"Multi-Krum with f=2 needs n >= 2f\+3 = 7 clients, got 6"):

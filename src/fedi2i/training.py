@@ -118,6 +118,8 @@ def train(config: Config, run_dir: Path, data: FederatedData | None = None,
                                "dp": config.dp.enabled, "train_seconds_this_call": train_seconds,
                                "num_parameters": engine.spec.numel,
                                "train_slices": {c: t.num_examples for c, t in engine.trainers.items()}}
+    if config.dp.enabled:
+        metrics["dp"] = dp_report(config, engine)
     if finished:
         metrics.update(final_evaluation(model, data, config))
         torch.save(model.state_dict(), run_dir / "model.pt")
@@ -125,6 +127,20 @@ def train(config: Config, run_dir: Path, data: FederatedData | None = None,
     write_json(run_dir / "history.json", run.history)
     write_json(run_dir / "metrics.json", metrics)
     return RunResult(run_dir, run, metrics, model)
+
+
+def dp_report(config: Config, engine: FederatedEngine) -> dict[str, Any]:
+    """(epsilon, delta) of the run's DP setting, for the client with the weakest guarantee."""
+    from fedi2i.privacy import epsilon_spent
+
+    worst = 0.0
+    for trainer in engine.trainers.values():
+        steps = len(trainer.batches(config.train.local_epochs, torch.Generator().manual_seed(0)))
+        rate = min(1.0, config.train.batch_size / trainer.num_examples)
+        worst = max(worst, epsilon_spent(config.dp, config.train.rounds, steps, rate))
+    return {"mode": config.dp.mode, "clip": config.dp.clip, "noise_multiplier": config.dp.noise_multiplier,
+            "delta": config.dp.delta, "epsilon": worst,
+            "unit": "client update" if config.dp.mode == "update" else "training slice"}
 
 
 def write_figures(run: FederatedRun, model: torch.nn.Module, data: FederatedData, config: Config,

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from fedi2i.config import DPConfig, ModelConfig, TrainConfig
 from fedi2i.data.phantom import hash_seed
 from fedi2i.data.slices import SliceSet
-from fedi2i.errors import DataError
+from fedi2i.errors import ConfigError, DataError
 from fedi2i.fl.params import ParamSpec
 from fedi2i.models import build_unet
 
@@ -65,6 +65,15 @@ class LocalTrainer:
         self.model = build_unet(model_cfg)
         self.spec = ParamSpec.from_module(self.model)
         self.loss = loss_fn(train_cfg.loss)
+        self.dpsgd = dp is not None and dp.enabled and dp.mode == "dpsgd"
+        self.forward_model: torch.nn.Module = self.model
+        if self.dpsgd:
+            if model_cfg.norm == "batch":
+                raise ConfigError("dp.mode=dpsgd needs per-sample gradients, which BatchNorm does not allow: "
+                                  "set model.norm to instance or group")
+            from opacus import GradSampleModule
+
+            self.forward_model = GradSampleModule(self.model)
 
     @property
     def num_examples(self) -> int:
@@ -99,9 +108,16 @@ class LocalTrainer:
         self.model.train()
         global_params = [p.detach().clone() for p in self.model.parameters()] if self.fedprox_mu else None
         optimiser = make_optimiser(self.train_cfg, self.model.parameters(), lr)
+        if self.dpsgd:
+            from opacus.optimizers import DPOptimizer
+
+            assert self.dp is not None
+            optimiser = DPOptimizer(optimiser, noise_multiplier=self.dp.noise_multiplier,
+                                    max_grad_norm=self.dp.clip, expected_batch_size=self.train_cfg.batch_size,
+                                    generator=generator)
         losses: list[float] = []
         for idx in self.batches(epochs, generator):
-            pred = self.model(self.data.mr[idx])
+            pred = self.forward_model(self.data.mr[idx])
             loss = self.loss(pred, self.data.ct[idx])
             total = loss
             if global_params is not None:

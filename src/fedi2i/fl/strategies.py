@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from numbers import Integral, Real
 from typing import ClassVar
 
+import numpy as np
 import torch
 
 from fedi2i.errors import AggregationError, ConfigError
@@ -38,6 +39,9 @@ __all__ = [
 ]
 
 STRATEGY_NAMES = ("fedavg", "fedprox", "fedmedian", "trimmed", "krum", "multikrum", "bulyan")
+
+# CPU selections go through numpy's introselect (see _partition); False forces the torch path.
+_CPU_INTROSELECT = True
 
 
 # --------------------------------------------------------------------------------------------------
@@ -85,29 +89,58 @@ def _weighted_mean(x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
 # Coordinate-wise order statistics and Krum scoring
 
 
+def _partition(x: torch.Tensor, kth: int) -> torch.Tensor:
+    """Copy of ``x`` whose every column holds its ``kth`` smallest value at row ``kth``, the smaller
+    values above it and the larger ones below (each group in no particular order).
+
+    On CPU this is numpy's introselect: torch's median/kthvalue/topk/sort along a dimension also
+    produce indices and are several times slower on the short columns of a client stack. On other
+    devices a full sort, which honours the same contract, keeps the work on the device.
+    """
+    if x.device.type == "cpu" and _CPU_INTROSELECT:
+        return torch.from_numpy(np.partition(x.detach().numpy(), kth, axis=0))
+    return torch.sort(x, dim=0).values
+
+
 def _median(x: torch.Tensor) -> torch.Tensor:
     """numpy's median along dim 0: the middle value, or the mean of the two middle values for even n.
 
-    torch.median returns the lower middle value; for even n the upper one is found with elementwise
-    passes (the smallest value above the lower median, unless ties already fill that rank), which is
-    much cheaper than a second selection.
+    One selection puts the upper middle value at row n//2; for even n the lower one is the largest of
+    the rows above it (a two-kth partition would cost several times more).
     """
     n = x.shape[0]
-    lower = torch.median(x, dim=0).values
+    part = _partition(x, n // 2)
+    upper = part[n // 2]
     if n % 2 == 1:
-        return lower
-    n_at_most = (x <= lower).sum(dim=0)
-    above = torch.where(x > lower, x, torch.full((), math.inf, dtype=x.dtype, device=x.device)).amin(dim=0)
-    upper = torch.where(n_at_most > n // 2, lower, above)
-    return (lower + upper) / 2
+        return upper
+    return (part[: n // 2].amax(dim=0) + upper) / 2
 
 
-def _sorted_median(v: torch.Tensor) -> torch.Tensor:
-    """numpy's median along dim 0 of values already sorted along dim 0."""
-    n = v.shape[0]
-    if n % 2 == 1:
-        return v[n // 2]
-    return (v[n // 2 - 1] + v[n // 2]) / 2
+def _trimmed_mean(x: torch.Tensor, cut: int) -> torch.Tensor:
+    """Mean along dim 0 after dropping the ``cut`` smallest and ``cut`` largest values per column."""
+    n = x.shape[0]
+    if cut == 0:
+        return x.mean(dim=0)
+    without_low = _partition(x, cut)[cut:]
+    return _partition(without_low, n - 2 * cut - 1)[: n - 2 * cut].mean(dim=0)
+
+
+def _mean_nearest(x: torch.Tensor, reference: torch.Tensor, count: int) -> torch.Tensor:
+    """Per column, the mean of the ``count`` values closest to ``reference`` (Bulyan's second stage).
+
+    The values strictly inside the count-th smallest distance are summed; the remaining slots are
+    filled from the values exactly at that distance (their mean when both sides tie, where any choice
+    is as good and Flower's order is arbitrary).
+    """
+    dist = (x - reference).abs()
+    radius = _partition(dist, count - 1)[count - 1]
+    zero = torch.zeros((), dtype=x.dtype, device=x.device)
+    inside, on_edge = dist < radius, dist == radius
+    inside_sum = torch.where(inside, x, zero).sum(dim=0)
+    # The radius is one of the distances, so every column has at least one value on the edge.
+    edge_mean = torch.where(on_edge, x, zero).sum(dim=0) / on_edge.sum(dim=0)
+    missing = count - inside.sum(dim=0)
+    return (inside_sum + missing.to(x.dtype) * edge_mean) / count
 
 
 def _pairwise_sq_dists(x: torch.Tensor) -> torch.Tensor:
@@ -222,7 +255,8 @@ class FedProx(FedAvg):
     mu: float = 0.01
 
     def __post_init__(self) -> None:
-        if isinstance(self.mu, bool) or not isinstance(self.mu, Real) or not math.isfinite(self.mu) or self.mu < 0:
+        mu = self.mu
+        if isinstance(mu, bool) or not isinstance(mu, Real) or not math.isfinite(mu) or mu < 0:
             raise ConfigError(f"FedProx mu must be a finite number >= 0, got {self.mu!r}")
 
 
@@ -281,11 +315,7 @@ class TrimmedMean(AggregationRule):
                 f"int(beta*n) >= 1 value is trimmed at each end")
 
     def _aggregate(self, x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-        n = x.shape[0]
-        k = self.cut(n)
-        if k == 0:
-            return x.mean(dim=0)
-        return torch.sort(x, dim=0).values[k:n - k].mean(dim=0)
+        return _trimmed_mean(x, self.cut(x.shape[0]))
 
 
 @dataclass(frozen=True)
@@ -386,12 +416,14 @@ class Bulyan(AggregationRule):
     def _requirement(self) -> str:
         return f"Bulyan with f={self.f} needs n >= 4f+3 = {self.min_clients} clients"
 
-    def select(self, x: torch.Tensor) -> list[int]:
-        """Indices of the theta updates picked by repeated Krum, in picking order.
+    def select(self, updates: torch.Tensor) -> list[int]:
+        """Indices of the theta = n - 2f updates picked by repeated Krum, in picking order.
 
         Distances are computed once; each round scores the remaining pool (its size changes the
         neighbour count, as in Flower), so the loop runs over picks, not coordinates.
         """
+        x = _as_matrix(updates)
+        self._require(x.shape[0])
         sq_dists = _pairwise_sq_dists(x)
         pool = list(range(x.shape[0]))
         picked: list[int] = []
@@ -402,18 +434,8 @@ class Bulyan(AggregationRule):
         return picked
 
     def _aggregate(self, x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-        picked = self.select(x)
-        theta = len(picked)
-        beta = theta - 2 * self.f
-        values = torch.sort(x[torch.tensor(picked, device=x.device)], dim=0).values
-        median = _sorted_median(values)
-        # The beta values closest to the median are a window of beta consecutive sorted values; the
-        # 2f+1 candidate windows start at 0..2f. The best one has the nearest far end.
-        spread = torch.maximum(median - values[: theta - beta + 1], values[beta - 1:] - median)
-        start = torch.argmin(spread, dim=0)
-        rank = torch.arange(theta, device=x.device).unsqueeze(1)
-        in_window = (rank >= start) & (rank < start + beta)
-        return torch.where(in_window, values, torch.zeros((), dtype=values.dtype, device=x.device)).sum(dim=0) / beta
+        picked = x[torch.tensor(self.select(x), device=x.device)]
+        return _mean_nearest(picked, _median(picked), picked.shape[0] - 2 * self.f)
 
 
 # --------------------------------------------------------------------------------------------------

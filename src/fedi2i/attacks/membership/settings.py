@@ -11,9 +11,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from fedi2i.errors import ConfigError
+from fedi2i.errors import ConfigError, RecordError
 
 SETTINGS_KEY = "membership"
+
+
+class SignalUnavailable(RecordError):
+    """The record does not hold what a method needs (e.g. individual updates under secure aggregation)."""
 
 
 @dataclass(frozen=True)
@@ -23,25 +27,27 @@ class Method:
     name: str
     summary: str
     needs_individual_updates: bool
-    signals: tuple[str, ...]  # which signal families it reads: "loss", "grad", "gradnorm"
+    signals: frozenset[str]  # signal families it reads (see collect.collect_signals)
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("fedmia-loss", "FedMIA-I: log-loss on the target centre's model, one-tailed Gaussian test against "
-           "the other centres' models, averaged over rounds", True, ("loss",)),
+           "the other centres' models, averaged over rounds", True, frozenset({"loss_target"})),
     Method("fedmia-grad", "FedMIA-II: cosine between the per-sample gradient at the global model and the "
            "target centre's update, Gaussian test against the other centres' updates, averaged over rounds",
-           True, ("grad",)),
-    Method("loss", "loss threshold on the target's model at the last recorded round", False, ("loss",)),
+           True, frozenset({"grad"})),
+    Method("loss", "loss threshold on the target's model at the last recorded round", False,
+           frozenset({"loss_target"})),
     Method("loss-global", "loss threshold on the final global model (same score for every centre)", False,
-           ("loss",)),
-    Method("loss-series", "mean log-loss over the recorded rounds on the target's models", False, ("loss",)),
+           frozenset({"loss_final"})),
+    Method("loss-series", "mean log-loss over the recorded rounds on the target's models", False,
+           frozenset({"loss_target"})),
     Method("grad-norm", "per-sample gradient norm on the target's model at the last recorded round", False,
-           ("gradnorm",)),
+           frozenset({"gradnorm"})),
     Method("grad-cosine", "cosine between the per-sample gradient at the global model and the target's "
-           "update, averaged over rounds (no reference)", False, ("grad",)),
+           "update, averaged over rounds (no reference)", False, frozenset({"grad"})),
     Method("grad-diff", "loss drop from the global model to the target's model, averaged over rounds", False,
-           ("loss",)),
+           frozenset({"loss_target", "loss_global"})),
 )}
 
 

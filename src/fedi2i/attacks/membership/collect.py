@@ -1,0 +1,148 @@
+"""From the curious-server record to signal arrays: every candidate slice scored on every model the
+server can rebuild, for every recorded round used.
+
+What the server can rebuild depends on what it saw. Without secure aggregation it holds the global
+model of each round and every client's update, so centre k's model is ``global + delta_k``. Under
+secure aggregation it holds only the global model and the aggregate, so the one model it can attribute
+to the round is ``global + aggregate``: the "target's model" of every centre is that same model, and
+no per-centre reference exists.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from fedi2i.attacks.membership.candidates import Candidates
+from fedi2i.attacks.membership.signals import ModelProbe, cosine_to
+from fedi2i.config import ModelConfig
+from fedi2i.errors import RecordError
+from fedi2i.fl.observer import RoundView, ServerRecord
+from fedi2i.models import build_unet
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+@dataclass
+class Signals:
+    """Signal arrays, NaN where a centre did not take part in a round.
+
+    ``loss_target`` [R, K, N]: per-slice loss on the target centre's model after the round (under SecAgg
+    the aggregate model). ``loss_global`` [R, N]: on the global model the round started from.
+    ``loss_final`` [N]: on the final global model. ``cos_target`` [R, K, N]: cosine of the descent
+    direction at the global model with the target's update (SecAgg: the aggregate). ``gradnorm_target``
+    [K, N]: per-sample gradient norm on the target's model at its last recorded round.
+    """
+
+    rounds: list[int]
+    clients: list[str]
+    secure: bool
+    loss_target: np.ndarray | None = None
+    loss_global: np.ndarray | None = None
+    loss_final: np.ndarray | None = None
+    cos_target: np.ndarray | None = None
+    gradnorm_target: np.ndarray | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def target_source(self) -> str:
+        return "aggregate model (global + aggregate)" if self.secure else "client model (global + update)"
+
+
+def probe_for(record: ServerRecord) -> ModelProbe:
+    model_cfg = record.meta.get("model")
+    if model_cfg is None:
+        raise RecordError("the record does not say which model was trained (meta.model missing)")
+    train = record.meta.get("train", {})
+    return ModelProbe(build_unet(ModelConfig(**model_cfg)), record.spec, train.get("loss", "l1"))
+
+
+def target_directions(view: RoundView, clients: list[str]) -> dict[str, torch.Tensor]:
+    """Per target centre, the update the server attributes to it this round (SecAgg: the aggregate)."""
+    if view.secure:
+        present = set(view.num_examples)
+        return {c: view.aggregate for c in clients if c in present}
+    return {c: view.updates[c] for c in clients if c in view.updates}
+
+
+def collect_signals(record: ServerRecord, rounds: list[int], clients: list[str], cands: Candidates,
+                    families: set[str], batch_size: int = 64, grad_chunk: int = 32,
+                    progress: Progress | None = None) -> Signals:
+    """Compute the signal families asked for: "loss_target", "loss_global", "loss_final", "grad", "gradnorm"."""
+    probe = probe_for(record)
+    mr, ct = cands.slices.mr, cands.slices.ct
+    n, k, r_count = len(cands), len(clients), len(rounds)
+    views = [record.round(r) for r in rounds]
+    secure = any(v.secure for v in views)
+    sig = Signals(rounds=list(rounds), clients=list(clients), secure=secure)
+    col = {c: i for i, c in enumerate(clients)}
+    tick = progress or (lambda stage, done, total: None)
+
+    if families & {"loss_target", "loss_global"}:
+        start = time.perf_counter()
+        sig.loss_target = np.full((r_count, k, n), np.nan)
+        sig.loss_global = np.full((r_count, n), np.nan)
+        for ri, view in enumerate(views):
+            if "loss_global" in families:
+                probe.load(view.global_vector)
+                sig.loss_global[ri] = probe.losses(mr, ct, batch_size)
+            directions = target_directions(view, clients)
+            if view.secure and directions:  # one model for every centre that took part
+                probe.load(view.global_vector + view.aggregate)
+                row = probe.losses(mr, ct, batch_size)
+                for c in directions:
+                    sig.loss_target[ri, col[c]] = row
+            else:
+                for c, delta in directions.items():
+                    probe.load(view.global_vector + delta)
+                    sig.loss_target[ri, col[c]] = probe.losses(mr, ct, batch_size)
+            tick("loss", ri + 1, r_count)
+        sig.seconds["loss"] = time.perf_counter() - start
+
+    if "loss_final" in families:
+        start = time.perf_counter()
+        last = views[-1]
+        probe.load(last.global_vector + last.aggregate)
+        sig.loss_final = probe.losses(mr, ct, batch_size)
+        sig.seconds["loss_final"] = time.perf_counter() - start
+
+    if "grad" in families:
+        start = time.perf_counter()
+        sig.cos_target = np.full((r_count, k, n), np.nan)
+        for ri, view in enumerate(views):
+            directions = target_directions(view, clients)
+            if not directions:
+                continue
+            names = list(directions)
+            stacked = torch.stack([probe.param_part(directions[c]) for c in names])
+            probe.load(view.global_vector)
+            for start_i, grads in probe.gradients(mr, ct, grad_chunk):
+                cos = cosine_to(grads, stacked).double().numpy()  # [B, K_present]
+                for j, c in enumerate(names):
+                    sig.cos_target[ri, col[c], start_i:start_i + len(grads)] = cos[:, j]
+            tick("gradient", ri + 1, r_count)
+        sig.seconds["grad"] = time.perf_counter() - start
+
+    if "gradnorm" in families:
+        start = time.perf_counter()
+        sig.gradnorm_target = np.full((k, n), np.nan)
+        done: dict[tuple[int, str], np.ndarray] = {}  # (round, model) -> norms; SecAgg: one model for all
+        for c in clients:
+            last = next((v for v in reversed(views) if c in target_directions(v, [c])), None)
+            if last is None:
+                continue
+            key = (last.round, "aggregate" if last.secure else c)
+            if key not in done:
+                probe.load(last.global_vector + target_directions(last, [c])[c])
+                norms = np.empty(n)
+                for start_i, grads in probe.gradients(mr, ct, grad_chunk):
+                    norms[start_i:start_i + len(grads)] = grads.norm(dim=1).double().numpy()
+                done[key] = norms
+            sig.gradnorm_target[col[c]] = done[key]
+            tick("gradient norm", len(done), k)
+        sig.seconds["gradnorm"] = time.perf_counter() - start
+    return sig

@@ -1,0 +1,248 @@
+"""One membership-inference cell: every selected method, every target centre, on one trained run.
+
+The cell is a run directory (its defence is whatever the run was trained with: plain FedAvg, secure
+aggregation, DP, ...). Signals are collected once per run and shared by the methods that read them.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedi2i.attacks.membership.baselines import (phi, score_grad_cosine, score_grad_diff, score_grad_norm,
+                                                 score_loss, score_loss_global, score_loss_series)
+from fedi2i.attacks.membership.candidates import Candidates, build_candidates
+from fedi2i.attacks.membership.collect import Progress, Signals, collect_signals
+from fedi2i.attacks.membership.evaluation import evaluate_target
+from fedi2i.attacks.membership.fedmia import UNAVAILABLE_UNDER_SECAGG, score_fedmia_grad, score_fedmia_loss
+from fedi2i.attacks.membership.figures import roc_figure
+from fedi2i.attacks.membership.settings import METHODS, MembershipSettings, SignalUnavailable
+from fedi2i.config import load_config
+from fedi2i.data.federation import FederatedData, load_federation
+from fedi2i.errors import DataError, RecordError
+from fedi2i.fl.engine import write_json
+from fedi2i.fl.observer import ServerRecord
+
+log = logging.getLogger(__name__)
+
+SCORERS = {
+    "fedmia-loss": score_fedmia_loss, "fedmia-grad": score_fedmia_grad, "loss": score_loss,
+    "loss-global": score_loss_global, "loss-series": score_loss_series, "grad-norm": score_grad_norm,
+    "grad-cosine": score_grad_cosine, "grad-diff": score_grad_diff,
+}
+RESULTS_JSON = "membership.json"
+
+
+def load_run_data(run_dir: Path) -> FederatedData:
+    """The federation a run trained on, from the config.yaml it wrote."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.exists():
+        raise RecordError(f"{run_dir} has no config.yaml: pass the data the run trained on explicitly")
+    config = load_config(path)
+    return load_federation(config.data, config.seed, progress=False)
+
+
+def choose_rounds(record: ServerRecord, wanted: list[int] | str) -> list[int]:
+    recorded = record.rounds()
+    if not recorded:
+        raise RecordError("the curious-server record holds no round (train with record_rounds set)")
+    if wanted == "all":
+        return recorded
+    missing = sorted(set(wanted) - set(recorded))
+    if missing:
+        raise RecordError(f"round(s) {missing} were not recorded; recorded rounds: {recorded}")
+    return sorted(set(wanted))
+
+
+def check_data_matches(record: ServerRecord, rounds: list[int], data: FederatedData) -> list[str]:
+    """The data must be what the run trained on: same centres, same slice counts, same image size."""
+    clients = sorted(record.meta.get("clients") or data.train)
+    unknown = sorted(set(clients) - set(data.train))
+    if unknown:
+        raise DataError(f"the run trained centre(s) {', '.join(unknown)} that the data given does not have")
+    size = record.meta.get("image_size")
+    for c in clients:
+        if size is not None and data.train[c].mr.shape[-1] != size:
+            raise DataError(f"the run trained on {size}x{size} slices, the data given has "
+                            f"{data.train[c].mr.shape[-1]}: load the data with the run's config")
+    view = record.round(rounds[0])
+    for c, n in view.num_examples.items():
+        if c in data.train and int(n) != len(data.train[c]):
+            raise DataError(f"centre {c} trained on {n} slices but the data given has {len(data.train[c])} "
+                            "training slices: this is not the data the run trained on")
+    return clients
+
+
+def generalisation_gap(sig: Signals, cands: Candidates, clients: list[str]) -> dict[str, Any]:
+    """Mean per-slice loss of members vs held-out patients: how much there is to detect at all."""
+    out: dict[str, Any] = {}
+    for k, c in enumerate(clients):
+        labels = cands.labels_for(c)
+        entry: dict[str, Any] = {}
+        models = []
+        if sig.loss_target is not None:
+            rows = sig.loss_target[:, k]
+            present = np.where(np.isfinite(rows).all(axis=1))[0]
+            if len(present):
+                models.append(("target_model", rows[present[-1]]))
+        if sig.loss_final is not None:
+            models.append(("final_global_model", sig.loss_final))
+        for name, loss in models:
+            values = loss[labels.index]
+            member = float(values[labels.label == 1].mean())
+            block = {"member_loss": member}
+            for group in ("same_centre", "other_centre"):
+                sel = labels.group == group
+                block[f"{group}_loss"] = float(values[sel].mean()) if sel.any() else None
+            same = block["same_centre_loss"]
+            block["same_centre_over_member"] = same / member if same is not None and member > 0 else None
+            entry[name] = block
+        out[c] = entry
+    return out
+
+
+def _families(settings: MembershipSettings, secure: bool) -> set[str]:
+    needed: set[str] = set()
+    for m in settings.methods:
+        if secure and METHODS[m].needs_individual_updates:
+            continue
+        needed |= METHODS[m].signals
+    return needed
+
+
+def score_methods(sig: Signals, cands: Candidates, clients: list[str], settings: MembershipSettings
+                  ) -> tuple[dict[str, Any], dict[str, dict[str, dict[str, np.ndarray]]]]:
+    """Metrics of every method on every target centre (+ the ROC inputs for the figures)."""
+    results: dict[str, Any] = {}
+    curves: dict[str, dict[str, dict[str, np.ndarray]]] = {}
+    for method in settings.methods:
+        if sig.secure and METHODS[method].needs_individual_updates:
+            results[method] = {"available": False, "reason": UNAVAILABLE_UNDER_SECAGG}
+            continue
+        centres: dict[str, Any] = {}
+        curves[method] = {}
+        unavailable: dict[str, str] = {}
+        for k, c in enumerate(clients):
+            labels = cands.labels_for(c, shuffle_seed=settings.seed if settings.shuffle_labels else None)
+            try:
+                scores = SCORERS[method](sig, k, labels.index, settings)
+            except SignalUnavailable as exc:
+                unavailable[c] = str(exc)
+                continue
+            centres[c], curves[method][c] = evaluate_target(scores, labels, settings.bootstrap, settings.seed)
+        entry: dict[str, Any] = {"available": bool(centres), "summary": METHODS[method].summary,
+                                 "target_model": sig.target_source, "centres": centres}
+        if unavailable:
+            entry["unavailable_centres"] = unavailable
+            if not centres:
+                entry["reason"] = next(iter(unavailable.values()))
+        if centres:
+            for level in ("slice", "patient"):
+                aucs = [v[level]["auc"] for v in centres.values()]
+                same = [v[level]["auc_same_centre"] for v in centres.values() if v[level]["auc_same_centre"] is not None]
+                entry[f"{level}_auc_mean"] = float(np.mean(aucs))
+                entry[f"{level}_auc_range"] = [float(min(aucs)), float(max(aucs))]
+                entry[f"{level}_auc_same_centre_mean"] = float(np.mean(same)) if same else None
+        results[method] = entry
+    return results, curves
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
+
+
+def markdown_table(result: dict[str, Any]) -> str:
+    """Per-centre AUC per method: all non-members (same-centre non-members in brackets), slice and patient."""
+    clients = result["clients"]
+    head = f"| method | level | {' | '.join(clients)} | mean |"
+    lines = [f"Membership AUC ({'secure aggregation' if result['secure'] else 'individual updates visible'}; "
+             "all non-members, same-centre non-members in brackets)", "", head,
+             "|" + "---|" * (len(clients) + 3)]
+    for method, entry in result["methods"].items():
+        if not entry["available"]:
+            lines.append(f"| {method} | - | " + " | ".join("unavailable" for _ in clients) + " | - |")
+            continue
+        for level in ("slice", "patient"):
+            cells = []
+            for c in clients:
+                v = entry["centres"].get(c, {}).get(level)
+                cells.append("n/a" if v is None else f"{_fmt(v['auc'])} ({_fmt(v['auc_same_centre'])})")
+            lines.append(f"| {method} | {level} | {' | '.join(cells)} | {_fmt(entry[f'{level}_auc_mean'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def csv_rows(result: dict[str, Any]) -> str:
+    buf = io.StringIO()
+    fields = ["method", "centre", "level", "auc", "auc_ci95_low", "auc_ci95_high", "tpr@1e-2", "tpr@1e-3",
+              "n_members", "n_nonmembers", "auc_same_centre", "n_same_centre", "auc_other_centre",
+              "n_other_centre"]
+    writer = csv.DictWriter(buf, fieldnames=fields)
+    writer.writeheader()
+    for method, entry in result["methods"].items():
+        for c, levels in entry.get("centres", {}).items():
+            for level, v in levels.items():
+                ci = v["auc_ci95"] or [None, None]
+                writer.writerow({"method": method, "centre": c, "level": level, "auc_ci95_low": ci[0],
+                                 "auc_ci95_high": ci[1], **{k: v[k] for k in fields[3:] if k in v}})
+    return buf.getvalue()
+
+
+def write_outputs(result: dict[str, Any], curves: dict[str, dict[str, dict[str, np.ndarray]]],
+                  out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / RESULTS_JSON, result)
+    _write_text(out_dir / "membership.csv", csv_rows(result))
+    _write_text(out_dir / "membership.md", markdown_table(result))
+    subtitle = "secure aggregation: target = aggregate model" if result["secure"] else ""
+    for method, per_centre in curves.items():
+        if per_centre:
+            aucs = {c: result["methods"][method]["centres"][c]["slice"]["auc"] for c in per_centre}
+            roc_figure(method, per_centre, aucs, out_dir / f"roc_{method}.png", subtitle)
+
+
+def run_membership(run_dir: Path, data: FederatedData | None = None, settings: MembershipSettings | None = None,
+                   out_dir: Path | None = None, progress: Progress | None = None) -> dict[str, Any]:
+    """Attack one trained run with every selected method; returns (and writes, if out_dir) the results.
+
+    Returns a JSON-serialisable dict: ``methods[method]`` is ``{"available": False, "reason": ...}`` or
+    holds ``centres[centre][level]`` (level "slice" or "patient") with ``auc``, ``tpr@1e-2``,
+    ``tpr@1e-3``, ``n_members``, ``n_nonmembers``, ``auc_same_centre``, ``auc_other_centre`` and
+    bootstrap intervals; plus the candidates, the generalisation gap and timings.
+    """
+    settings = settings or MembershipSettings()
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    run_dir = Path(run_dir)
+    record = ServerRecord(run_dir)
+    rounds = choose_rounds(record, settings.rounds)
+    data = data if data is not None else load_run_data(run_dir)
+    clients = check_data_matches(record, rounds, data)
+    cands = build_candidates(data, settings.max_slices_per_patient, settings.seed)
+    secure = bool(record.meta.get("secure")) or record.round(rounds[0]).secure
+    sig = collect_signals(record, rounds, clients, cands, _families(settings, secure), settings.batch_size,
+                          settings.grad_chunk, progress)
+    methods, curves = score_methods(sig, cands, clients, settings)
+    members = {c: len(cands.members(c)) for c in clients}
+    result: dict[str, Any] = {
+        "run_dir": str(run_dir), "secure": sig.secure, "rounds": rounds, "clients": clients,
+        "target_model": sig.target_source, "settings": settings.model_dump(mode="json"),
+        "candidates": {"slices": len(cands), "patients": len(cands.patients), "member_patients": members,
+                       "nonmember_patients": len(cands.nonmembers())},
+        "generalisation_gap": generalisation_gap(sig, cands, clients),
+        "signal_seconds": sig.seconds, "methods": methods,
+    }
+    if out_dir is not None:
+        write_outputs(result, curves, Path(out_dir))
+    return result
