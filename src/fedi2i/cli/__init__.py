@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
+from fedi2i.cli import audit_cmd, data_cmd, train_cmd  # noqa: F401  (registers commands)
 from fedi2i.cli.app import app
-from fedi2i.cli import data_cmd, train_cmd  # noqa: F401  (registers commands)
 
 __all__ = ["app"]

@@ -76,9 +76,10 @@ _CVAL = {"ct": AIR_HU, "t1": 0.0, "s_cav": -60.0, "d_bone": 60.0}
 class HeadTemplate:
     """Paired head on a fine grid, (z, y, x) with y increasing posterior and x increasing left (LPS).
 
-    ct: HU; t1: white matter = 1; s_cav: signed distance to the intracranial cavity in mm (positive
-    inside); d_bone: distance to the nearest bone voxel in mm; anchor: physical point (mm, index space)
-    that a patient grid is centred on; fov_z: head extent along z in mm.
+    ct: HU; t1: white matter = 1; s_cav: signed distance to the inner table of the skull in mm
+    (positive inside); d_bone: distance to the nearest bone voxel in mm; anchor: physical point (mm, index space)
+    that a patient grid is centred on; fov_z: head extent along z in mm; z_calvarium: height (mm)
+    above which the skull is a closed ring (where skull thickness may vary).
     """
 
     ct: np.ndarray
@@ -89,6 +90,7 @@ class HeadTemplate:
     anchor: tuple[float, float, float]
     fov_z: float
     csf_t1: float
+    z_calvarium: float
     dice: float
 
     def channel(self, name: str) -> np.ndarray:
@@ -123,8 +125,8 @@ def _close_2d(mask: np.ndarray, radius_mm: float, spacing: tuple[float, float]) 
     return (ndi.distance_transform_edt(grown, sampling=spacing) > radius_mm) | mask
 
 
-def _cavity_mask(ct: np.ndarray, body: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
-    """Intracranial cavity of the CT: soft tissue enclosed by the skull.
+def _cavity_mask(ct: np.ndarray, body: np.ndarray, spacing: tuple[float, float, float]) -> tuple[np.ndarray, int]:
+    """Intracranial cavity of the CT (soft tissue enclosed by the skull) and the lowest calvarium slice.
 
     The calvarium slices (a single bone ring from the vertex down) use the convex hull of the ring,
     which bridges thin-bone gaps; the skull-base slices fill the holes of the closed bone instead.
@@ -153,7 +155,7 @@ def _cavity_mask(ct: np.ndarray, body: np.ndarray, spacing: tuple[float, float, 
     core = ndi.distance_transform_edt(cavity, sampling=spacing) > 3.0
     core = ndi.distance_transform_edt(~core, sampling=spacing) <= 3.0
     cavity &= _largest_component(core)
-    return ndi.binary_fill_holes(cavity)
+    return ndi.binary_fill_holes(cavity), lowest_ring
 
 
 def _sitk_image(array: np.ndarray, spacing: tuple[float, float, float]) -> sitk.Image:
@@ -162,23 +164,35 @@ def _sitk_image(array: np.ndarray, spacing: tuple[float, float, float]) -> sitk.
     return image
 
 
+def _smoothed_on_grid(image: sitk.Image, grid_mm: float) -> sitk.Image:
+    """Blur a mask (2 mm) and resample it to a coarse isotropic grid: registration input."""
+    image = sitk.SmoothingRecursiveGaussian(image, 2.0)
+    size = [int(round(n * s / grid_mm)) for n, s in zip(image.GetSize(), image.GetSpacing())]
+    return sitk.Resample(image, size, sitk.Transform(), sitk.sitkLinear, image.GetOrigin(), (grid_mm,) * 3,
+                         image.GetDirection(), 0.0)
+
+
 def _register_brain(cavity: np.ndarray, ct_spacing: tuple[float, float, float], brain: np.ndarray,
-                    colin_spacing: tuple[float, float, float]) -> sitk.Transform:
-    """Affine that maps the CT cavity onto the Colin brain (mean squares on smoothed masks)."""
-    fixed = sitk.SmoothingRecursiveGaussian(_sitk_image(cavity, ct_spacing), 2.0)
-    moving = sitk.SmoothingRecursiveGaussian(_sitk_image(brain, colin_spacing), 2.0)
+                    colin_spacing: tuple[float, float, float], grid_mm: float = 3.0) -> sitk.Transform:
+    """Affine that maps the CT cavity onto the Colin brain (mean squares on smoothed masks).
+
+    A 3 mm grid reaches the same Dice as full resolution (0.95) in a fraction of the time.
+    """
+    fixed = _smoothed_on_grid(_sitk_image(cavity, ct_spacing), grid_mm)
+    moving = _smoothed_on_grid(_sitk_image(brain, colin_spacing), grid_mm)
     initial = sitk.CenteredTransformInitializer(
         fixed, moving, sitk.AffineTransform(3), sitk.CenteredTransformInitializerFilter.MOMENTS)
     reg = sitk.ImageRegistrationMethod()
     reg.SetMetricAsMeanSquares()
     reg.SetMetricSamplingStrategy(reg.RANDOM)
-    reg.SetMetricSamplingPercentage(0.2, 1)
+    reg.SetMetricSamplingPercentage(0.3, 1)
     reg.SetInterpolator(sitk.sitkLinear)
     reg.SetOptimizerAsRegularStepGradientDescent(learningRate=1.0, minStep=1e-4, numberOfIterations=200,
                                                  gradientMagnitudeTolerance=1e-8)
-    reg.SetOptimizerScalesFromPhysicalShift()
-    reg.SetShrinkFactorsPerLevel([4, 2, 1])
-    reg.SetSmoothingSigmasPerLevel([2.0, 1.0, 0.0])
+    # Matrix entries move a point at ~80 mm from the centre 80x more than a translation does.
+    reg.SetOptimizerScales([80.0**2] * 9 + [1.0] * 3)
+    reg.SetShrinkFactorsPerLevel([2, 1])
+    reg.SetSmoothingSigmasPerLevel([1.0, 0.0])
     reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
     reg.SetInitialTransform(initial, inPlace=False)
     return reg.Execute(fixed, moving)
@@ -209,7 +223,7 @@ def build_template(sources: Path) -> HeadTemplate:
     ct = ct_raw.astype(np.float32)
     body = _body_mask(ct)
     ct[~body] = AIR_HU
-    cavity = _cavity_mask(ct, body, spacing)
+    cavity, lowest_ring = _cavity_mask(ct, body, spacing)
     transform = _register_brain(cavity, spacing, brain_colin, colin_spacing)
     brain_w = np.clip(_warp(brain_colin, colin_spacing, ct.shape, spacing, transform), 0, 1)
     t1_w = _warp(t1_colin, colin_spacing, ct.shape, spacing, transform)
@@ -221,6 +235,8 @@ def build_template(sources: Path) -> HeadTemplate:
 
     csf, gm, wm = (float(t1_colin[brain_colin][classes].mean()) for classes in _class_masks(
         t1_colin[brain_colin]))
+    # The cavity grown across dura and partial-volume voxels up to the inner table of the skull.
+    shell = ndi.binary_dilation(cavity, iterations=2, mask=body & (ct <= BONE_HU))
     rng = np.random.default_rng(20230)
     near_brain = ndi.distance_transform_edt(~brain, sampling=spacing) < 6.0
     inside = ndi.gaussian_filter((cavity & near_brain).astype(np.float32), 0.6)
@@ -232,10 +248,11 @@ def build_template(sources: Path) -> HeadTemplate:
     t1 = np.where(body, inside * t1_in + (1 - inside) * t1_out, 0.0)
     ct = np.where(body, inside * ct_in + (1 - inside) * ct, AIR_HU)
 
-    s_cav = (ndi.distance_transform_edt(cavity, sampling=spacing)
-             - ndi.distance_transform_edt(~cavity, sampling=spacing))
+    s_cav = (ndi.distance_transform_edt(shell, sampling=spacing)
+             - ndi.distance_transform_edt(~shell, sampling=spacing))
     d_bone = ndi.distance_transform_edt(~((ct > BONE_HU) & body), sampling=spacing)
-    return _crop_and_orient(body, spacing, dice, csf / wm, ct=ct, t1=t1, s_cav=s_cav, d_bone=d_bone)
+    return _crop_and_orient(body, spacing, dice, csf / wm, lowest_ring * spacing[0],
+                            ct=ct, t1=t1, s_cav=s_cav, d_bone=d_bone)
 
 
 def _class_masks(values: np.ndarray) -> list[np.ndarray]:
@@ -245,7 +262,7 @@ def _class_masks(values: np.ndarray) -> list[np.ndarray]:
 
 
 def _crop_and_orient(body: np.ndarray, spacing: tuple[float, float, float], dice: float,
-                     csf_t1: float, **channels: np.ndarray) -> HeadTemplate:
+                     csf_t1: float, z_calvarium: float, **channels: np.ndarray) -> HeadTemplate:
     """Crop to the head plus a margin and flip y/x so that the arrays read as LPS."""
     zs, ys, xs = np.nonzero(body)
     margin = 6
@@ -260,7 +277,7 @@ def _crop_and_orient(body: np.ndarray, spacing: tuple[float, float, float], dice
     anchor = (bottom + fov_z / 2, 0.5 * (ys.min() + ys.max()) * spacing[1],
               0.5 * (xs.min() + xs.max()) * spacing[2])
     return HeadTemplate(spacing=spacing, anchor=anchor, fov_z=fov_z, csf_t1=float(csf_t1),
-                        dice=float(dice), **out)
+                        z_calvarium=float(z_calvarium), dice=float(dice), **out)
 
 
 def _template_path(cache_dir: Path) -> Path:
@@ -268,7 +285,7 @@ def _template_path(cache_dir: Path) -> Path:
 
 
 def _save_template(template: HeadTemplate, path: Path) -> None:
-    meta = {k: getattr(template, k) for k in ("spacing", "anchor", "fov_z", "csf_t1", "dice")}
+    meta = {k: getattr(template, k) for k in ("spacing", "anchor", "fov_z", "csf_t1", "z_calvarium", "dice")}
     meta["version"] = TEMPLATE_VERSION
     arrays = {"ct": template.ct.astype(np.int16)}
     arrays.update({k: template.channel(k).astype(np.float16) for k in ("t1", "s_cav", "d_bone")})
@@ -276,6 +293,7 @@ def _save_template(template: HeadTemplate, path: Path) -> None:
     os.close(fd)
     with open(tmp, "wb") as handle:
         np.savez_compressed(handle, meta=np.array(json.dumps(meta)), **arrays)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
 
@@ -286,7 +304,7 @@ def _load_template(path: Path) -> HeadTemplate:
     if meta.get("version") != TEMPLATE_VERSION:
         raise DataError("cached head template has another version", path=str(path))
     return HeadTemplate(spacing=tuple(meta["spacing"]), anchor=tuple(meta["anchor"]), fov_z=meta["fov_z"],
-                        csf_t1=meta["csf_t1"], dice=meta["dice"], **arrays)
+                        csf_t1=meta["csf_t1"], z_calvarium=meta["z_calvarium"], dice=meta["dice"], **arrays)
 
 
 def load_head_template(cache_dir: Path | None = None, rebuild: bool = False) -> HeadTemplate:
@@ -319,7 +337,7 @@ def load_head_template(cache_dir: Path | None = None, rebuild: bool = False) -> 
 
 @dataclass(frozen=True)
 class Anatomy:
-    """One patient's anatomy relative to the template."""
+    """One patient's anatomy relative to the template (the template head is a large one)."""
 
     scale: tuple[float, float, float]
     rotation_deg: tuple[float, float, float]
@@ -331,11 +349,11 @@ class Anatomy:
 
     @classmethod
     def draw(cls, rng: np.random.Generator) -> "Anatomy":
-        overall = rng.uniform(0.93, 1.07)
+        overall = rng.uniform(0.88, 1.02)
         return cls(
-            scale=tuple(float(overall * s) for s in rng.uniform(0.96, 1.04, 3)),  # type: ignore[arg-type]
+            scale=tuple(float(overall * s) for s in rng.uniform(0.97, 1.03, 3)),  # type: ignore[arg-type]
             rotation_deg=tuple(float(a) for a in rng.normal(0, [4.0, 2.0, 2.0])),  # type: ignore[arg-type]
-            shift_mm=tuple(float(s) for s in rng.normal(0, [2.0, 3.0, 3.0])),  # type: ignore[arg-type]
+            shift_mm=tuple(float(s) for s in rng.normal(0, [1.5, 2.0, 2.0])),  # type: ignore[arg-type]
             warp_mm=float(rng.uniform(2.0, 4.0)),
             skull_mm=float(rng.uniform(-1.5, 2.0)),
             skull_var_mm=float(rng.uniform(0.3, 1.2)),
@@ -378,14 +396,17 @@ class Scanner:
 
 
 def _smooth_field(shape: tuple[int, ...], coarse: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
-    """Low-frequency field in [-1, 1]: a coarse random grid upsampled with cubic splines."""
+    """Low-frequency field in [-1, 1]: a coarse random grid, cubic-upsampled to a quarter of the
+    target size, then linearly to the full size (as smooth, ten times faster than cubic all the way)."""
     grid = rng.uniform(-1.0, 1.0, coarse)
-    field = ndi.zoom(grid, [s / c for s, c in zip(shape, coarse)], order=3, mode="nearest", grid_mode=True)
+    mid = tuple(max(c, -(-s // 4)) for s, c in zip(shape, coarse))
+    field = ndi.zoom(grid, [m / c for m, c in zip(mid, coarse)], order=3, mode="nearest", grid_mode=True)
+    field = ndi.zoom(field, [s / m for s, m in zip(shape, mid)], order=1, mode="nearest", grid_mode=True)
     return (field / max(float(np.abs(field).max()), 1e-6)).astype(np.float32)
 
 
 def _rotation(degrees: tuple[float, float, float] | np.ndarray) -> np.ndarray:
-    return Rotation.from_rotvec(np.deg2rad(np.asarray(degrees, float))).as_matrix()
+    return Rotation.from_rotvec(np.deg2rad(np.asarray(degrees, float))).as_matrix().astype(np.float32)
 
 
 def _grid_shape(template: HeadTemplate, spacing: tuple[float, float, float], in_plane: int) -> tuple[int, int, int]:
@@ -397,8 +418,8 @@ def _patient_coords(template: HeadTemplate, anatomy: Anatomy, shape: tuple[int, 
     """Physical template position (mm, shape 3 x grid) of every output voxel of this patient."""
     axes = [((np.arange(n) - (n - 1) / 2) * s).astype(np.float32) for n, s in zip(shape, spacing)]
     points = np.stack(np.meshgrid(*axes, indexing="ij"))
-    matrix = _rotation(anatomy.rotation_deg) @ np.diag(1.0 / np.asarray(anatomy.scale))
-    coords = np.einsum("ij,j...->i...", matrix.astype(np.float32), points)
+    matrix = _rotation(anatomy.rotation_deg) @ np.diag(1.0 / np.asarray(anatomy.scale, np.float32))
+    coords = np.einsum("ij,j...->i...", matrix, points)
     for axis in range(3):
         coords[axis] += anatomy.warp_mm * _smooth_field(shape, (4, 5, 5), rng)
         coords[axis] += template.anchor[axis] + anatomy.shift_mm[axis]
@@ -413,7 +434,7 @@ def _misregister(coords: np.ndarray, template: HeadTemplate, scanner: Scanner,
     axis = rng.normal(size=3)
     rotvec = scanner.misreg_deg * rng.uniform(0.3, 1.0) * axis / np.linalg.norm(axis)
     centre = np.asarray(template.anchor, np.float32)[:, None, None, None]
-    moved = np.einsum("ij,j...->i...", _rotation(rotvec).astype(np.float32), coords - centre)
+    moved = np.einsum("ij,j...->i...", _rotation(rotvec), coords - centre)
     return moved + centre + shift.astype(np.float32)[:, None, None, None]
 
 
@@ -423,23 +444,29 @@ def _sample(template: HeadTemplate, coords: np.ndarray, names: tuple[str, ...]) 
                                    prefilter=False, output=np.float32) for n in names}
 
 
-def _apply_anatomy(ch: dict[str, np.ndarray], anatomy: Anatomy, thickness: np.ndarray, csf_t1: float,
-                   soft_mm: float) -> tuple[np.ndarray, np.ndarray | None]:
-    """Skull thickness change (inner table moved by ``thickness`` mm) and bone density change."""
-    ct, s_cav, d_bone = ch["ct"], ch["s_cav"], ch["d_bone"]
-    t1 = ch.get("t1")
-    inner = (s_cav > 0) & (d_bone <= s_cav + 2.0)
-    add = np.clip((thickness - s_cav) / soft_mm + 0.5, 0, 1) * (inner & (thickness > 0))
+def _skull_change(ch: dict[str, np.ndarray], thickness: np.ndarray, soft_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """Soft weights of the voxels that become bone (inner table moved inwards by ``thickness`` > 0)
+    and of the bone voxels that become CSF (inner table moved outwards, ``thickness`` < 0)."""
+    s_cav, d_bone = ch["s_cav"], ch["d_bone"]
+    inner = (s_cav > 0) & (d_bone <= s_cav + 1.5) & (thickness > 0)
+    add = np.clip((thickness - s_cav) / soft_mm + 0.5, 0, 1) * inner
+    bone = np.clip((ch["ct"] - 150.0) / 300.0, 0, 1)
+    outer = (s_cav < 0) & (thickness < 0)
+    remove = np.clip((s_cav - thickness) / soft_mm + 0.5, 0, 1) * outer * bone
+    return add, remove
+
+
+def _patient_ct(ch: dict[str, np.ndarray], add: np.ndarray, remove: np.ndarray, density: float) -> np.ndarray:
+    """Template HU with the skull change and the bone density scaled about 150 HU."""
+    ct = ch["ct"] + add * np.clip(ADDED_BONE_HU - ch["ct"], 0, None)  # only ever brightens
+    ct += remove * (CSF_HU - ct)
     bone = np.clip((ct - 150.0) / 300.0, 0, 1)
-    remove = np.clip((s_cav - thickness) / soft_mm + 0.5, 0, 1) * ((s_cav < 0) & (thickness < 0)) * bone
-    ct = ct + add * (ADDED_BONE_HU - ct)
-    ct = ct + remove * (CSF_HU - ct)
-    bone = np.clip((ct - 150.0) / 300.0, 0, 1)
-    ct = ct + bone * (ct - 150.0) * (anatomy.bone_density - 1.0)
-    if t1 is not None:
-        t1 = t1 + add * (BONE_T1 - t1)
-        t1 = t1 + remove * (csf_t1 - t1)
-    return ct, t1
+    return ct + bone * (ct - 150.0) * (density - 1.0)
+
+
+def _patient_t1(ch: dict[str, np.ndarray], add: np.ndarray, remove: np.ndarray, csf_t1: float) -> np.ndarray:
+    t1 = ch["t1"] + add * np.clip(BONE_T1 - ch["t1"], None, 0)  # only ever darkens
+    return t1 + remove * (csf_t1 - t1)
 
 
 def _mri_acquisition(t1: np.ndarray, hu: np.ndarray, scanner: Scanner, rng: np.random.Generator) -> np.ndarray:
@@ -478,14 +505,18 @@ def simulate_patient(template: HeadTemplate, centre_index: int, patient_index: i
     rng = np.random.default_rng([seed, 3, centre_index, patient_index])
     shape = _grid_shape(template, spacing, in_plane)
     coords = _patient_coords(template, anatomy, shape, spacing, rng)
-    thickness = anatomy.skull_mm + anatomy.skull_var_mm * _smooth_field(shape, (3, 4, 4), rng)
+    # The skull changes thickness only where it is a closed ring, not at the skull base.
+    calvarium = np.clip((coords[0] - template.z_calvarium) / 15.0, 0, 1)
+    thickness = (anatomy.skull_mm + anatomy.skull_var_mm * _smooth_field(shape, (3, 4, 4), rng)) * calvarium
     soft_mm = float(np.mean(spacing))
 
     ct_ch = _sample(template, coords, ("ct", "s_cav", "d_bone"))
-    ct_clean, _ = _apply_anatomy(ct_ch, anatomy, thickness, template.csf_t1, soft_mm)
+    add, remove = _skull_change(ct_ch, thickness, soft_mm)
+    ct_clean = _patient_ct(ct_ch, add, remove, anatomy.bone_density)
     mr_ch = _sample(template, _misregister(coords, template, scanner, rng), ("ct", "t1", "s_cav", "d_bone"))
-    mr_hu, t1 = _apply_anatomy(mr_ch, anatomy, thickness, template.csf_t1, soft_mm)
-    assert t1 is not None
+    add, remove = _skull_change(mr_ch, thickness, soft_mm)
+    t1 = _patient_t1(mr_ch, add, remove, template.csf_t1)
+    mr_hu = _patient_ct(mr_ch, add, remove, anatomy.bone_density)
 
     mask = _body_outline(ct_clean)
     ct = ct_clean + scanner.ct_offset + rng.normal(0, scanner.ct_noise, shape).astype(np.float32)

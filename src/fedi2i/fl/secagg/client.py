@@ -22,6 +22,7 @@ Checks a client makes (it trusts the server only to route messages):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import struct
@@ -74,6 +75,31 @@ def unpack_share_plaintext(data: bytes) -> tuple[str, str, bytes, bytes]:
     if len(rest) != 2 * shamir.SHARE_BYTES:
         raise ValueError("malformed share plaintext")
     return sender, receiver, rest[: shamir.SHARE_BYTES], rest[shamir.SHARE_BYTES :]
+
+
+def _aborts_on_error(method):  # noqa: ANN001, ANN202
+    """Run a stage; a request arriving out of order is refused without changing state, any
+    other failure (refusal, failed authentication, too few neighbours) ends the client's round."""
+
+    @functools.wraps(method)
+    def wrapper(self: SecAggClient, req: Any, *args: Any, **kwargs: Any) -> Any:
+        self._expect(method.__name__)
+        try:
+            return method(self, req, *args, **kwargs)
+        except SecAggAbort:
+            if self.stage != "refused":
+                self.stage = "aborted"
+            raise
+
+    return wrapper
+
+
+_STAGE_OF = {
+    "advertise_keys": "advertise",
+    "share_keys": "share",
+    "masked_input": "masked_input",
+    "unmask": "unmask",
+}
 
 
 class SecAggClient:
@@ -129,7 +155,8 @@ class SecAggClient:
             return self.unmask(request)
         raise ProtocolViolation(f"client {self.client_id}: unknown request {type(request).__name__}")
 
-    def _expect(self, stage: str) -> None:
+    def _expect(self, method: str) -> None:
+        stage = _STAGE_OF[method]
         if self.stage != stage:
             raise ProtocolViolation(
                 f"client {self.client_id}: got a '{stage}' request while expecting '{self.stage}'; refused"
@@ -140,8 +167,8 @@ class SecAggClient:
         return ProtocolViolation(f"client {self.client_id} refuses the server's request: {why}")
 
     # ------------------------------------------------------------------ stage 0
+    @_aborts_on_error
     def advertise_keys(self, req: SetupRequest) -> AdvertiseKeys:
-        self._expect("advertise")
         cfg = self.config
         ids = list(req.client_ids)
         n = len(ids)
@@ -172,8 +199,8 @@ class SecAggClient:
         return AdvertiseKeys(self.client_id, self._c.public_bytes, self._s.public_bytes)
 
     # ------------------------------------------------------------------ stage 1
+    @_aborts_on_error
     def share_keys(self, req: ShareKeysRequest) -> ShareKeysReply:
-        self._expect("share")
         assert self.setup is not None and self._c is not None and self._s is not None
         me = self.client_id
         group = set(req.c_publics)
@@ -213,8 +240,8 @@ class SecAggClient:
         return ShareKeysReply(me, out)
 
     # ------------------------------------------------------------------ stage 2
+    @_aborts_on_error
     def masked_input(self, req: MaskedInputRequest, vector: np.ndarray | None = None) -> MaskedInput:
-        self._expect("masked_input")
         assert self.setup is not None and self._c is not None and self._s is not None
         me = self.client_id
         rid = self.setup.round_id
@@ -256,8 +283,8 @@ class SecAggClient:
         return MaskedInput(me, masked)
 
     # ------------------------------------------------------------------ stage 3
+    @_aborts_on_error
     def unmask(self, req: UnmaskRequest) -> UnmaskReply:
-        self._expect("unmask")
         assert self.setup is not None
         me = self.client_id
         survivors, dropped = set(req.survivors), set(req.dropped)

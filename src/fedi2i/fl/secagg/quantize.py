@@ -19,6 +19,7 @@ quantised values (and therefore the aggregate) are a deterministic function of t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -39,10 +40,7 @@ def _as_flat_float(x: np.ndarray) -> np.ndarray:
     arr = np.asarray(x)
     if arr.dtype not in (np.float32, np.float64):
         arr = arr.astype(np.float64)
-    flat = np.ascontiguousarray(arr).reshape(-1)
-    if not np.isfinite(flat).all():
-        raise UpdateRejected("secure aggregation input contains NaN or Inf values")
-    return flat
+    return np.ascontiguousarray(arr).reshape(-1)
 
 
 def quantize_and_mask(
@@ -58,30 +56,43 @@ def quantize_and_mask(
 
     With no mask keys this is plain quantisation (levels in ``[0, 2^k - 1]``).
     Raises :class:`~fedi2i.errors.UpdateRejected` on NaN/Inf input.
+
+    Per chunk (cache-resident): ``v = x s + c s + u`` in float64, then ``clip(v, 0, 2^k - 1)``
+    and truncation. Clamping after the dither is exactly ``floor(clip(x) s + c s + u)`` capped
+    at ``2^k - 1``: below ``-c`` both give 0 (``v < 1``), above ``c`` both give ``2^k - 1``;
+    the cap also absorbs float round-off that could push ``v`` to ``2^k``.
     """
     flat = _as_flat_float(x)
     n = flat.shape[0]
     s = scale_for(clip, quant_bits)
-    top = np.uint32((1 << quant_bits) - 1)
+    offset = clip * s
+    top = float((1 << quant_bits) - 1)
     out = np.empty(n, dtype=np.uint32)
     ybuf = np.empty(min(n, CHUNK), dtype=np.float64)
     dbuf = np.empty(min(n, CHUNK), dtype=np.float64)
     rbuf = np.empty(min(n, CHUNK), dtype=np.uint32)
     dither = Keystream(dither_key)
-    lo, hi = -clip, clip
+    is64 = flat.dtype == np.float64
 
     def fill(start: int, stop: int, oc: np.ndarray) -> None:
         m = stop - start
+        xc = flat[start:stop]
         y = ybuf[:m]
-        np.clip(flat[start:stop], lo, hi, out=y)
-        np.add(y, clip, out=y)
-        np.multiply(y, s, out=y)
+        if is64:
+            np.multiply(xc, s, out=y)
+        else:  # float32 -> float64: a plain copy is cheaper than a mixed-type ufunc
+            np.copyto(y, xc)
+            np.multiply(y, s, out=y)
+        np.add(y, offset, out=y)
         d = dbuf[:m]
-        np.multiply(dither.read_into(rbuf[:m]), _TWO_M32, out=d)
+        np.copyto(d, dither.read_into(rbuf[:m]))
+        np.multiply(d, _TWO_M32, out=d)  # u ~ U[0, 1) with 32-bit resolution
         np.add(y, d, out=y)
-        # y >= 0, so the unsafe cast (truncation) is floor; the minimum guards float round-off
-        np.copyto(oc, y, casting="unsafe")
-        np.minimum(oc, top, out=oc)
+        # the sum of the chunk is finite unless some input is NaN/Inf (or astronomically large)
+        if not math.isfinite(np.add.reduce(y)) and not np.isfinite(xc).all():
+            raise UpdateRejected("secure aggregation input contains NaN or Inf values")
+        np.clip(y, 0.0, top, out=y)
+        np.copyto(oc, y, casting="unsafe")  # y >= 0: truncation toward zero is floor
 
     apply_masks(out, list(mask_keys), list(mask_signs), fill=fill)
     if modulus_bits < 32:

@@ -108,7 +108,6 @@ class SecAggServer:
         self._ciphertexts: dict[str, dict[str, bytes]] = {}  # sender -> recipient -> blob
         self.masked_uploads: dict[str, np.ndarray] = {}
         self.upload_bytes: dict[str, int] = dict.fromkeys(ids, 0)
-        self._sum: np.ndarray | None = None
 
     # ------------------------------------------------------------------ helpers
     def _begin(self, stage: str) -> None:
@@ -213,10 +212,6 @@ class SecAggServer:
             if mod_mask is not None and (y > mod_mask).any():
                 raise ProtocolViolation(f"server: masked input of {u} is outside Z_2^{self.config.modulus_bits}")
             self.masked_uploads[u] = y
-            if self._sum is None:
-                self._sum = y.copy()
-            else:
-                np.add(self._sum, y, out=self._sum)
         self.u3 = set(got)
         dropped = self.u2 - self.u3
         # every survivor's b_u, and the key of every dropped client a survivor masked with,
@@ -275,14 +270,20 @@ class SecAggServer:
                 keys.append(agree(pair.private, self.s_publics[u], salt=self.round_id, info=INFO_MASK))
                 # u added +PRG if slot(u) < slot(v): remove it
                 signs.append(-1 if self.slots[u] < self.slots[v] else 1)
-        assert self._sum is not None
-        total = self._sum
-        apply_masks(total, keys, signs)
+        # sum the uploads and remove the masks chunk by chunk, in one cache-friendly pass
+        uploads = [self.masked_uploads[u] for u in sorted(self.u3)]
+        total = np.empty(self.vector_length or 0, dtype=np.uint32)
+
+        def add_uploads(start: int, stop: int, chunk: np.ndarray) -> None:
+            np.copyto(chunk, uploads[0][start:stop])
+            for y in uploads[1:]:
+                np.add(chunk, y[start:stop], out=chunk)
+
+        apply_masks(total, keys, signs, fill=add_uploads)
         if self.config.modulus_bits < 32:
             np.bitwise_and(total, np.uint32((1 << self.config.modulus_bits) - 1), out=total)
         survivors = sorted(self.u3)
         value = dequantize_sum(total, len(survivors), self.config.clip, self.quant_bits)
-        self._sum = None
         self.stage = "done"
         return SecAggResult(
             total=value,

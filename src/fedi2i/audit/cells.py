@@ -1,0 +1,108 @@
+"""What each kind of audit cell does: train a run, or run one attack on the runs it needs."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from fedi2i.audit.plan import TRAIN_RUNS, AuditCell, audit_settings, train_key
+from fedi2i.config import Config, config_from_dict, set_dotted
+from fedi2i.data.federation import FederatedData, load_federation
+from fedi2i.training import RunOptions, train
+
+
+class AuditContext:
+    """The audit's config, output folder and data (loaded once, shared by every cell)."""
+
+    def __init__(self, config: Config, out_dir: Path) -> None:
+        self.config = config
+        self.out_dir = Path(out_dir)
+        self.settings = audit_settings(config)
+
+    @cached_property
+    def data(self) -> FederatedData:
+        return load_federation(self.config.data, self.config.seed)
+
+    def run_dir(self, defence: str) -> Path:
+        return self.out_dir / "runs" / ("centralised" if defence == "centralised" else f"fedavg-{defence}")
+
+    def run_config(self, defence: str) -> Config:
+        raw = self.config.model_dump(mode="json")
+        raw["federation"]["strategy"] = "fedavg"
+        for key, value in TRAIN_RUNS.get(defence, {}).items():
+            set_dotted(raw, key, value)
+        return config_from_dict(raw, source=f"audit run {defence}")
+
+
+def _train_action(ctx: AuditContext, defence: str):
+    def action() -> dict[str, Any]:
+        result = train(ctx.run_config(defence), ctx.run_dir(defence), ctx.data,
+                       RunOptions(centralised=defence == "centralised"))
+        m = result.metrics
+        return {"run_dir": str(result.run_dir), "unseen": m.get("unseen"), "seen": m.get("seen"),
+                "dp": m.get("dp"), "train_seconds": m.get("train_seconds_this_call"),
+                "figures": sorted(str(p) for p in (result.run_dir / "figures").glob("*.png"))}
+    return action
+
+
+def _membership_action(ctx: AuditContext, defence: str):
+    def action() -> dict[str, Any]:
+        from fedi2i.attacks.membership.run import run_membership
+        from fedi2i.attacks.membership.settings import settings_from_config
+
+        out = ctx.out_dir / "membership" / defence
+        return run_membership(ctx.run_dir(defence), ctx.data, settings_from_config(ctx.config.attacks), out)
+    return action
+
+
+def _inversion_cells(ctx: AuditContext) -> list[AuditCell]:
+    from fedi2i.attacks.inversion.run import load_inversion_settings, plan_inversion, run_inversion_cell
+
+    settings = load_inversion_settings(ctx.config)
+    cells = []
+    for cell in plan_inversion(settings):
+        base = cell.base_run if getattr(cell, "base_run", None) else None
+        needs = [train_key(base)] if base else []
+
+        def action(cell=cell, base=base) -> dict[str, Any]:
+            return run_inversion_cell(ctx.config, ctx.data, cell, ctx.out_dir / "inversion",
+                                      base_run_dir=ctx.run_dir(base) if base else None)
+        cells.append(AuditCell(key=f"inversion/{cell.key}", kind="inversion", title=f"inversion {cell.key}",
+                               needs=needs, params=cell.as_dict(), action=action))
+    return cells
+
+
+def _poison_cells(ctx: AuditContext) -> list[AuditCell]:
+    from fedi2i.attacks.poisoning import load_poison_settings, plan_poison, run_poison_cell
+
+    settings = load_poison_settings(ctx.config)
+    cells = []
+    for cell in plan_poison(ctx.config, settings, ctx.data):
+        def action(cell=cell) -> dict[str, Any]:
+            return run_poison_cell(ctx.config, ctx.data, cell, ctx.out_dir / "poison")
+        cells.append(AuditCell(key=f"poison/{cell.key}", kind="poison", title=f"poison {cell.key}",
+                               params=cell.as_dict() if hasattr(cell, "as_dict") else {}, action=action))
+    return cells
+
+
+def build_cells(ctx: AuditContext) -> list[AuditCell]:
+    """Training runs first (each attack cell names the run it reads), then the attacks."""
+    s = ctx.settings
+    cells: list[AuditCell] = []
+    defences = list(s.defences)
+    if s.centralised_baseline:
+        defences.append("centralised")
+    for defence in defences:
+        cells.append(AuditCell(key=train_key(defence), kind="train", title=f"train {defence}",
+                               action=_train_action(ctx, defence)))
+    if s.membership:
+        for defence in s.defences:
+            cells.append(AuditCell(key=f"membership/{defence}", kind="membership",
+                                   title=f"membership {defence}", needs=[train_key(defence)],
+                                   action=_membership_action(ctx, defence)))
+    if s.inversion:
+        cells.extend(_inversion_cells(ctx))
+    if s.poisoning:
+        cells.extend(_poison_cells(ctx))
+    return cells

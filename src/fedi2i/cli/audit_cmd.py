@@ -1,0 +1,35 @@
+"""``fedi2i audit``: the whole attack x defence x centre matrix and a report people can read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from fedi2i.cli.app import app, console, fail, load_cli_config, parse_overrides, setup_logging
+from fedi2i.errors import Fedi2iError
+
+
+@app.command("audit")
+def audit_command(
+    preset: str = typer.Option("quick", "--preset", "-p", help="Preset (quick, paper, tiny) or YAML config."),
+    data: Optional[Path] = typer.Option(None, help="Dataset folder (default: built-in realistic heads, built on first use)."),
+    out: Path = typer.Option(Path("runs/audit"), help="Audit folder; re-running it skips finished cells."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override any config key: --set train.rounds=5"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Train the baseline and the defended federations, attack them all, and write report.html."""
+    from fedi2i.audit.run import run_audit
+
+    setup_logging(verbose)
+    try:
+        overrides = parse_overrides(set_)
+        if data is not None:
+            overrides["data.root"] = str(data)
+        cfg = load_cli_config(preset, overrides)
+        report = run_audit(cfg, out, progress=not quiet)
+    except Fedi2iError as exc:
+        fail(exc)
+    console.print(f"report: [bold]{report.resolve()}[/]")

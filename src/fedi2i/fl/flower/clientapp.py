@@ -1,0 +1,266 @@
+"""The Flower ClientApp: a hospital's side of a fedi2i round, run on its SuperNode.
+
+Each message runs in a fresh process (Flower's default isolation), so everything a stage needs comes
+from the message, the node config (which centre, where its data is) and the node-local
+``Context.state`` (the SecAgg client's secrets and the update waiting to be masked). The work itself is
+done by the same objects the in-process engine drives: :class:`fedi2i.fl.client.LocalTrainer` for local
+training and :class:`fedi2i.fl.secagg.SecAggClient` for secure aggregation. torch is imported only by
+the stages that train or evaluate; the SecAgg-only stages stay light.
+
+Message types and record names: :mod:`fedi2i.fl.flower.protocol`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedi2i.config import Config, config_from_dict
+from fedi2i.errors import ConfigError
+from fedi2i.fl.flower import protocol as P
+from fedi2i.fl.flower.codec import put, record_secagg, record_vector, secagg_records, vector_record
+from fedi2i.fl.flower.secure import round_seed, weighted_input
+from fedi2i.fl.flower.state import dump_client, load_client
+from fedi2i.fl.secagg import SecAggClient
+
+log = logging.getLogger(__name__)
+app = ClientApp()
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """What a hospital sets on its own SuperNode (``--node-config``)."""
+
+    centre: str
+    data_path: Path
+    mapping: Path | None = None
+    require_secagg: bool = False
+    threads: int | None = None
+
+    @classmethod
+    def from_node_config(cls, node_config: dict[str, Any]) -> "NodeSettings":
+        unknown = sorted(set(node_config) - set(P.NODE_KEYS) - {"partition-id", "num-partitions"})
+        if unknown:
+            raise ConfigError(f"unknown node-config key(s) {unknown}; known keys: {list(P.NODE_KEYS)}")
+        missing = [k for k in (P.NODE_CENTRE, P.NODE_DATA) if not node_config.get(k)]
+        if missing:
+            raise ConfigError(f"the SuperNode's --node-config lacks {missing}; start it with "
+                              f'--node-config \'{P.NODE_CENTRE}="A" {P.NODE_DATA}="/path/to/data"\'')
+        mapping = node_config.get(P.NODE_MAPPING)
+        threads = node_config.get(P.NODE_THREADS)
+        return cls(centre=str(node_config[P.NODE_CENTRE]), data_path=Path(str(node_config[P.NODE_DATA])),
+                   mapping=Path(str(mapping)) if mapping else None,
+                   require_secagg=_as_bool(node_config.get(P.NODE_REQUIRE_SECAGG, False)),
+                   threads=int(threads) if threads else None)
+
+
+def _as_bool(value: Any) -> bool:
+    return value if isinstance(value, bool) else str(value).strip().lower() in ("1", "true", "yes")
+
+
+def run_config_of(context: Context) -> Config:
+    """The fedi2i config the server put into the run config (YAML text)."""
+    text = context.run_config.get(P.RUN_CONFIG_YAML)
+    if not text:
+        raise ConfigError(f"the run config has no '{P.RUN_CONFIG_YAML}'; write the app with `fedi2i flower config`")
+    return config_from_dict(yaml.safe_load(str(text)) or {}, source="run config")
+
+
+def process_age() -> float | None:
+    """Seconds since this process started (Linux /proc), i.e. what spawning and imports cost."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class _Timer:
+    """Named wall-clock sections of one stage, reported to the server for the overhead benchmark."""
+
+    def __init__(self) -> None:
+        self.times: dict[str, float] = {}
+        age = process_age()
+        if age is not None:
+            self.times["process_age_s"] = age
+        self._t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.times[name] = self.times.get(name, 0.0) + now - self._t
+        self._t = now
+
+
+def _reply(msg: Message, content: RecordDict, timer: _Timer, **extra: Any) -> Message:
+    timer.lap("encode_s")
+    info = {f"time.{k}": float(v) for k, v in timer.times.items()}
+    info.update(extra)
+    content[P.REC_INFO] = ConfigRecord(info)
+    return Message(content, reply_to=msg)
+
+
+def _round(msg: Message) -> dict[str, Any]:
+    return dict(msg.content[P.REC_ROUND].items())
+
+
+# ------------------------------------------------------------------ training (imports torch)
+def _fit(msg: Message, context: Context, timer: _Timer):  # noqa: ANN202 - ClientUpdate, imported lazily
+    import torch
+
+    from fedi2i.fl.client import LocalTrainer
+    from fedi2i.fl.flower.nodedata import load_centre
+
+    timer.lap("import_s")
+    cfg = run_config_of(context)
+    node = NodeSettings.from_node_config(dict(context.node_config))
+    threads = node.threads or cfg.train.threads
+    if threads:
+        torch.set_num_threads(threads)
+    slices = load_centre(cfg.data, cfg.seed, node.centre, node.data_path, node.mapping).train()
+    timer.lap("data_s")
+    mu = cfg.federation.fedprox_mu if cfg.federation.strategy == "fedprox" else 0.0
+    trainer = LocalTrainer(node.centre, slices, cfg.model, cfg.train, cfg.seed, fedprox_mu=mu, dp=cfg.dp)
+    settings = _round(msg)
+    global_vector = torch.from_numpy(record_vector(msg.content[P.REC_GLOBAL], "global model"))
+    if global_vector.numel() != trainer.spec.numel:
+        raise ConfigError(f"the global model has {global_vector.numel()} values, this node's model "
+                          f"{trainer.spec.numel}: server and node run different model configs")
+    update = trainer.fit(global_vector, int(settings["round"]), lr=float(settings["lr"]))
+    timer.lap("train_s")
+    return node, cfg, update
+
+
+def _fit_record(update) -> ConfigRecord:  # noqa: ANN001 - ClientUpdate
+    return ConfigRecord({"cid": update.cid, "num_examples": int(update.num_examples), "steps": int(update.steps),
+                         "mean_loss": float(update.mean_loss)})
+
+
+@app.query("describe")
+def describe(msg: Message, context: Context) -> Message:
+    """Which centre this node serves, checked against the run's config before the first round."""
+    timer = _Timer()
+    cfg = run_config_of(context)
+    node = NodeSettings.from_node_config(dict(context.node_config))
+    if node.centre not in cfg.data.train_centres:
+        raise ConfigError(f"node centre {node.centre!r} is not a training centre of this run "
+                          f"({cfg.data.train_centres})")
+    if not node.data_path.is_dir():
+        raise ConfigError(f"the node's {P.NODE_DATA} {node.data_path} is not a folder")
+    return _reply(msg, RecordDict(), timer, centre=node.centre, require_secagg=node.require_secagg)
+
+
+@app.train("fit")
+def fit(msg: Message, context: Context) -> Message:
+    """Plain round: train from the global model and send the update (the server sees it)."""
+    timer = _Timer()
+    node = NodeSettings.from_node_config(dict(context.node_config))
+    if node.require_secagg:
+        raise ConfigError(f"node {node.centre} is set to {P.NODE_REQUIRE_SECAGG}=true: it sends its update "
+                          "only through secure aggregation (enable secagg in the run config)")
+    _, _, update = _fit(msg, context, timer)
+    content = RecordDict({P.REC_DELTA: vector_record(update.delta), P.REC_FIT: _fit_record(update)})
+    return _reply(msg, content, timer)
+
+
+# ------------------------------------------------------------------ secure aggregation stages
+def _save_client(context: Context, client: SecAggClient) -> None:
+    context.state[P.STATE_CLIENT] = ConfigRecord({"data": dump_client(client)})
+
+
+def _load_client(context: Context) -> SecAggClient:
+    if P.STATE_CLIENT not in context.state:
+        raise ConfigError("no SecAgg client state on this node: the round's first stage did not run here")
+    return load_client(bytes(context.state[P.STATE_CLIENT]["data"]))
+
+
+@app.train("secagg_fit")
+def secagg_fit(msg: Message, context: Context) -> Message:
+    """Stage 0: train, keep the update on the node, answer the SecAgg setup with two public keys."""
+    timer = _Timer()
+    node, cfg, update = _fit(msg, context, timer)
+    settings = _round(msg)
+    client = SecAggClient(cfg.secagg, node.centre, None,
+                          rounding_seed=round_seed(cfg.seed, int(settings["round"])))
+    keys = client.advertise_keys(record_secagg(msg.content, P.REC_SECAGG))
+    context.state[P.STATE_DELTA] = vector_record(update.delta)
+    _save_client(context, client)
+    content = put(RecordDict({P.REC_FIT: _fit_record(update)}), secagg_records(keys, P.REC_SECAGG))
+    return _reply(msg, content, timer)
+
+
+@app.train("secagg_share")
+def secagg_share(msg: Message, context: Context) -> Message:
+    """Stage 1: Shamir-share the self-mask seed and masking key, encrypted to each neighbour."""
+    timer = _Timer()
+    client = _load_client(context)
+    reply = client.share_keys(record_secagg(msg.content, P.REC_SECAGG))
+    _save_client(context, client)
+    return _reply(msg, put(RecordDict(), secagg_records(reply, P.REC_SECAGG)), timer)
+
+
+@app.train("secagg_mask")
+def secagg_mask(msg: Message, context: Context) -> Message:
+    """Stage 2: upload the weighted, quantised and masked update (the only form it leaves the node in)."""
+    timer = _Timer()
+    client = _load_client(context)
+    if P.STATE_DELTA not in context.state:
+        raise ConfigError("no pending update on this node: the round's training stage did not run here")
+    delta = record_vector(context.state[P.STATE_DELTA], "pending update")
+    vector = weighted_input(delta, float(_round(msg)["weight"]))
+    reply = client.masked_input(record_secagg(msg.content, P.REC_SECAGG), vector)
+    timer.lap("mask_s")
+    del context.state[P.STATE_DELTA]
+    _save_client(context, client)
+    return _reply(msg, put(RecordDict(), secagg_records(reply, P.REC_SECAGG)), timer)
+
+
+@app.train("secagg_unmask")
+def secagg_unmask(msg: Message, context: Context) -> Message:
+    """Stage 3: reveal the shares that remove the masks (never both shares of one peer)."""
+    timer = _Timer()
+    client = _load_client(context)
+    reply = client.unmask(record_secagg(msg.content, P.REC_SECAGG))
+    del context.state[P.STATE_CLIENT]  # the round is over: its secrets are not needed any more
+    return _reply(msg, put(RecordDict(), secagg_records(reply, P.REC_SECAGG)), timer)
+
+
+# ------------------------------------------------------------------ federated evaluation
+@app.evaluate("val")
+def evaluate_val(msg: Message, context: Context) -> Message:
+    """Synthesis quality of the global model on this centre's validation patients (summary only)."""
+    timer = _Timer()
+    import torch
+
+    from fedi2i.evaluate import evaluate_centres
+    from fedi2i.fl.flower.nodedata import load_centre
+    from fedi2i.fl.params import ParamSpec
+    from fedi2i.models import build_unet
+
+    timer.lap("import_s")
+    cfg = run_config_of(context)
+    node = NodeSettings.from_node_config(dict(context.node_config))
+    if node.threads or cfg.train.threads:
+        torch.set_num_threads(node.threads or cfg.train.threads)
+    val = load_centre(cfg.data, cfg.seed, node.centre, node.data_path, node.mapping).val()
+    timer.lap("data_s")
+    summary: dict[str, float] = {}
+    if val is not None and len(val):
+        model = build_unet(cfg.model)
+        ParamSpec.from_module(model).load_into(model, torch.from_numpy(record_vector(msg.content[P.REC_GLOBAL])))
+        summary = dict(evaluate_centres(model, {node.centre: val})[node.centre]["summary"])  # type: ignore[arg-type]
+    timer.lap("eval_s")
+    return _reply(msg, RecordDict({P.REC_FIT: ConfigRecord({f"val.{k}": float(v) for k, v in summary.items()})}),
+                  timer)
+
+
+__all__ = ["NodeSettings", "app", "run_config_of"]

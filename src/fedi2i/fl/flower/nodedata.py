@@ -1,0 +1,75 @@
+"""One node's data: the training and validation slices of its own centre, from its own disk.
+
+A hospital's SuperNode holds only its own patients, so it cannot call
+:func:`fedi2i.data.federation.load_federation` (which needs every centre). The split below is the same
+per-centre rule as :func:`fedi2i.data.slices.split_patients`: a centre's patients are shuffled by
+``default_rng([seed, 104729, i])`` where ``i`` is the centre's position in ``data.train_centres``, so
+it depends only on that centre's patients. A node therefore gets exactly the slices the in-process
+engine gives that centre (``tests/test_flower_app.py`` checks this against ``load_federation``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fedi2i.config import DataConfig
+from fedi2i.data.slices import SliceSet, load_slices
+from fedi2i.data.synthrad import PatientRecord, load_centre_mapping, scan_dataset
+from fedi2i.errors import ConfigError, DataError
+
+
+@dataclass
+class CentreData:
+    """A centre's patients per split and its slices (validation loaded on demand)."""
+
+    centre: str
+    root: Path
+    train_ids: list[str]
+    val_ids: list[str]
+    records: dict[str, PatientRecord]
+    cfg: DataConfig
+
+    def _load(self, pids: list[str]) -> SliceSet:
+        cfg = self.cfg
+        return load_slices([self.records[p] for p in pids], cfg.image_size, cfg.mr_percentiles,
+                           cfg.min_mask_fraction, cfg.slice_stride, cfg.skip_bad)
+
+    def train(self) -> SliceSet:
+        return self._load(self.train_ids)
+
+    def val(self) -> SliceSet | None:
+        return self._load(self.val_ids) if self.val_ids else None
+
+
+def centre_split(pids: list[str], index: int, val_fraction: float, test_fraction: float,
+                 seed: int) -> tuple[list[str], list[str], list[str]]:
+    """(train, val, test) patient IDs of the training centre at position ``index`` (see module doc)."""
+    pids = sorted(pids)
+    order = np.random.default_rng([seed, 104729, index]).permutation(len(pids))
+    pids = [pids[j] for j in order]
+    n_val = int(round(val_fraction * len(pids)))
+    n_test = int(round(test_fraction * len(pids)))
+    if len(pids) - n_val - n_test < 1:
+        raise DataError(f"centre has {len(pids)} patients: too few to keep one for training")
+    return sorted(pids[n_val + n_test:]), sorted(pids[:n_val]), sorted(pids[n_val:n_val + n_test])
+
+
+def load_centre(cfg: DataConfig, seed: int, centre: str, root: Path,
+                mapping: Path | None = None) -> CentreData:
+    """Scan ``root`` for ``centre``'s patients and split them as the in-process engine does."""
+    if centre not in cfg.train_centres:
+        raise ConfigError(f"node centre {centre!r} is not a training centre of this run "
+                          f"(data.train_centres = {cfg.train_centres}); fix the node's centre-id")
+    mapping_path = mapping or cfg.centre_mapping
+    records = scan_dataset(Path(root), load_centre_mapping(mapping_path) if mapping_path else None)
+    mine = {r.pid: r for r in records if r.centre == centre}
+    if not mine:
+        found = sorted({r.centre for r in records})
+        raise DataError(f"no patients of centre {centre} under {root} (centres found: {found}); check the "
+                        f"node's data-path and centre-id")
+    train, val, _ = centre_split(list(mine), cfg.train_centres.index(centre), cfg.val_fraction,
+                                 cfg.test_fraction, seed)
+    return CentreData(centre, Path(root), train, val, mine, cfg)
