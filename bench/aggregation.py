@@ -24,8 +24,8 @@ from fedi2i.fl.strategies import AggregationRule, build_rule
 
 N_PARAMS = 2_000_000
 # U-Net-like layer shapes; the last layer takes the remainder up to N_PARAMS.
-LAYER_SHAPES: list[tuple[int, ...]] = [(64, 1, 3, 3), (64,), (128, 64, 3, 3), (128,), (256, 128, 3, 3), (256,),
-                                       (256, 256, 3, 3), (256,), (128, 256, 3, 3), (128,)]
+LAYER_SHAPES: list[tuple[int, ...]] = [(64, 1, 3, 3), (64,), (128, 64, 3, 3), (128,), (256, 128, 3, 3),
+                                       (256,), (256, 256, 3, 3), (256,), (128, 256, 3, 3), (128,)]
 LAYER_SHAPES.append((N_PARAMS - sum(int(np.prod(s)) for s in LAYER_SHAPES),))
 SLOW_FLOWER_S = 5.0  # a Flower call slower than this is not repeated
 
@@ -100,7 +100,8 @@ def main() -> None:
 
     print(f"{N_PARAMS:,} float32 parameters in {len(LAYER_SHAPES)} layers, torch threads "
           f"{torch.get_num_threads()}, best of {args.reps}")
-    header = f"{'n':>3}  {'rule':<15} {'params':<12} {'ours ms':>9} {'Flower ms':>10} {'flower/ours':>12} {'max |diff|':>11}"
+    header = (f"{'n':>3}  {'rule':<15} {'params':<12} {'ours ms':>9} {'Flower ms':>10} {'flower/ours':>12} "
+              f"{'max |diff|':>11}")
     print(header)
     print("-" * len(header))
     started = time.perf_counter()

@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from fedi2i.errors import ConfigError, SecAggAbort
+from fedi2i.errors import ConfigError, SecAggAbort, UpdateRejected
 from fedi2i.fl.secagg import (
     ProtocolViolation,
     SecAggClient,
@@ -185,6 +185,9 @@ def test_tampered_encrypted_share_fails_authentication():
     forged = MaskedInputRequest({**req[victim].ciphertexts, sender: bytes(bad)})
     with pytest.raises(ShareAuthenticationError, match=f"share from {sender} to {victim}"):
         rnd.clients[victim].masked_input(forged)
+    assert rnd.clients[victim].stage == "aborted"  # it uploads nothing in this round
+    with pytest.raises(ProtocolViolation):
+        rnd.clients[victim].masked_input(req[victim])
     # a ciphertext moved to another recipient fails too (associated data binds the receiver)
     other = next(c for c in req if c not in (victim, sender))
     moved = MaskedInputRequest({**req[other].ciphertexts, sender: blob})
@@ -321,3 +324,11 @@ def test_secagg_plus_local_threshold_aborts():
     peers = sorted(server.graph[u])[:3]  # u keeps 1 of 4 peers: 2 < t alive around it
     with pytest.raises(SecAggAbort, match="neighbourhood"):
         secure_sum(vectors, cfg, seed=0, dropouts={"masked_input": peers})
+
+
+def test_nan_input_is_rejected_before_upload():
+    vectors = make_vectors(4)
+    vectors["c01"] = vectors["c01"].copy()
+    vectors["c01"][500] = np.nan
+    with pytest.raises(UpdateRejected, match="NaN"):
+        secure_sum(vectors, SecAggConfig(), seed=0)

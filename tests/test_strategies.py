@@ -160,9 +160,9 @@ def test_krum_and_multikrum_hand_values() -> None:
     points = torch.tensor([[0.0], [1.0], [2.0], [4.0], [100.0]])
     # f=1, n=5: 2 nearest; scores 0:1+4, 1:1+1, 2:1+4, 4:4+9, 100:huge -> client 1.
     # float32 Gram expansion: scores carry rounding relative to the centred norms (the outlier's).
-    np.testing.assert_allclose(Krum(1).scores(points).numpy(), naive_krum_scores(points.numpy(), 1), rtol=1e-4)
-    np.testing.assert_allclose(Krum(1).scores(points.double()).numpy(), naive_krum_scores(points.numpy(), 1),
-                               rtol=1e-12)
+    expected_scores = naive_krum_scores(points.numpy(), 1)
+    np.testing.assert_allclose(Krum(1).scores(points).numpy(), expected_scores, rtol=1e-4)
+    np.testing.assert_allclose(Krum(1).scores(points.double()).numpy(), expected_scores, rtol=1e-12)
     torch.testing.assert_close(Krum(1).aggregate(points, torch.ones(5)), torch.tensor([1.0]))
     # Multi-Krum m=3 keeps clients 1, 0, 2 and weights them by their counts.
     counts = torch.tensor([1.0, 2.0, 5.0, 7.0, 9.0])
@@ -187,7 +187,8 @@ def test_bulyan_matches_naive_definition(n: int, f: int, backend: str) -> None:
 
 def test_nearest_values_stage_with_ties(backend: str) -> None:
     """Bulyan's second stage: exact ties on one side are filled in; a two-sided tie takes their mean."""
-    columns = torch.tensor([[0.0, 0.0, 1.0], [1.0, 2.0, 3.0], [1.0, 1.0, 3.0], [1.0, 9.0, 3.0], [5.0, 9.0, 9.0]])
+    columns = torch.tensor([[0.0, 0.0, 1.0], [1.0, 2.0, 3.0], [1.0, 1.0, 3.0], [1.0, 9.0, 3.0],
+                            [5.0, 9.0, 9.0]])
     reference = torch.tensor([1.0, 1.0, 1.0])
     out = strategies._mean_nearest(columns, reference, 4)
     # Column 0: three 1s and the 0 (5 is farther). Column 1: 1, then 0 and 2 tie at distance 1 and
@@ -206,6 +207,27 @@ def test_krum_is_exact_with_a_large_common_offset(n: int) -> None:
     np.testing.assert_allclose(Krum(3).scores(torch.from_numpy(points)).numpy(), expected, rtol=1e-3)
     out = Krum(3).aggregate(torch.from_numpy(points), torch.ones(n))
     np.testing.assert_array_equal(out.numpy(), points[int(np.argmin(expected))])
+
+
+def test_pairwise_distances_over_uneven_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(strategies, "_GRAM_BLOCK", 7)  # 50 columns: 8 blocks, the last one padded
+    rng = np.random.default_rng(8)
+    points = rng.normal(size=(6, 50)) + 3.0
+    expected = ((points[:, None, :] - points[None, :, :]) ** 2).sum(-1)
+    np.testing.assert_allclose(strategies._pairwise_sq_dists(torch.from_numpy(points)).numpy(), expected,
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_float32_krum_scores_are_accurate_on_wide_updates() -> None:
+    """Wide float32 updates with a 100x outlier: honest scores differ by ~1e-4 relative, so errors
+    of that size (one long float32 Gram product) would change Krum's and Bulyan's picks."""
+    g = torch.Generator().manual_seed(11)
+    updates = 0.01 * torch.randn(16, 400_000, generator=g)
+    updates[0] *= 100.0
+    exact = Krum(3).scores(updates.double())
+    approx = Krum(3).scores(updates)
+    assert float(((approx - exact).abs() / exact).max()) < 1e-5
+    assert Bulyan(3).select(updates) == Bulyan(3).select(updates.double())
 
 
 # --------------------------------------------------------------------------------------------------

@@ -77,9 +77,9 @@ class HeadTemplate:
     """Paired head on a fine grid, (z, y, x) with y increasing posterior and x increasing left (LPS).
 
     ct: HU; t1: white matter = 1; s_cav: signed distance to the inner table of the skull in mm
-    (positive inside); d_bone: distance to the nearest bone voxel in mm; anchor: physical point (mm, index space)
-    that a patient grid is centred on; fov_z: head extent along z in mm; z_calvarium: height (mm)
-    above which the skull is a closed ring (where skull thickness may vary).
+    (positive inside); d_bone: distance to the nearest bone voxel in mm; anchor: physical point
+    (mm, index space) that a patient grid is centred on; fov_z: head extent along z in mm;
+    z_calvarium: height (mm) above which the skull is a closed ring (where its thickness may vary).
     """
 
     ct: np.ndarray
@@ -125,7 +125,8 @@ def _close_2d(mask: np.ndarray, radius_mm: float, spacing: tuple[float, float]) 
     return (ndi.distance_transform_edt(grown, sampling=spacing) > radius_mm) | mask
 
 
-def _cavity_mask(ct: np.ndarray, body: np.ndarray, spacing: tuple[float, float, float]) -> tuple[np.ndarray, int]:
+def _cavity_mask(ct: np.ndarray, body: np.ndarray,
+                 spacing: tuple[float, float, float]) -> tuple[np.ndarray, int]:
     """Intracranial cavity of the CT (soft tissue enclosed by the skull) and the lowest calvarium slice.
 
     The calvarium slices (a single bone ring from the vertex down) use the convex hull of the ring,
@@ -216,33 +217,42 @@ def _texture(shape: tuple[int, ...], rng: np.random.Generator, sigma: float) -> 
     return field / max(float(field.std()), 1e-6)
 
 
-def build_template(sources: Path) -> HeadTemplate:
-    """Assemble the paired template from the unpacked sources (about a minute, once)."""
-    ct_raw, spacing = read_cranium_ct(sources)
+def _colin_in_ct(cavity: np.ndarray, spacing: tuple[float, float, float], sources: Path
+                 ) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float], float]:
+    """Colin brain weight and T1 warped onto the CT grid, its CSF/GM/WM T1 means, and the Dice."""
     t1_colin, brain_colin, colin_spacing = read_colin(sources)
-    ct = ct_raw.astype(np.float32)
-    body = _body_mask(ct)
-    ct[~body] = AIR_HU
-    cavity, lowest_ring = _cavity_mask(ct, body, spacing)
     transform = _register_brain(cavity, spacing, brain_colin, colin_spacing)
-    brain_w = np.clip(_warp(brain_colin, colin_spacing, ct.shape, spacing, transform), 0, 1)
-    t1_w = _warp(t1_colin, colin_spacing, ct.shape, spacing, transform)
+    brain_w = np.clip(_warp(brain_colin, colin_spacing, cavity.shape, spacing, transform), 0, 1)
+    t1_w = _warp(t1_colin, colin_spacing, cavity.shape, spacing, transform)
     brain = brain_w > 0.5
     dice = 2 * float((brain & cavity).sum()) / float(brain.sum() + cavity.sum())
     if dice < 0.8:
         raise DataError(f"registering the Colin brain into the CT skull failed (Dice {dice:.2f})")
-    log.info("Colin brain registered into the CT skull cavity, Dice %.3f", dice)
+    values = t1_colin[brain_colin]
+    means = tuple(float(values[c].mean()) for c in _class_masks(values))
+    return brain_w, t1_w, means, dice  # type: ignore[return-value]
 
-    csf, gm, wm = (float(t1_colin[brain_colin][classes].mean()) for classes in _class_masks(
-        t1_colin[brain_colin]))
+
+def build_template(sources: Path) -> HeadTemplate:
+    """Assemble the paired template from the unpacked sources (about 20 s of CPU, once)."""
+    ct_raw, spacing = read_cranium_ct(sources)
+    ct = ct_raw.astype(np.float32)
+    body = _body_mask(ct)
+    ct[~body] = AIR_HU
+    cavity, lowest_ring = _cavity_mask(ct, body, spacing)
+    brain_w, t1_w, (csf, gm, wm), dice = _colin_in_ct(cavity, spacing, sources)
+    log.info("Colin brain registered into the CT skull cavity, Dice %.3f", dice)
     # The cavity grown across dura and partial-volume voxels up to the inner table of the skull.
     shell = ndi.binary_dilation(cavity, iterations=2, mask=body & (ct <= BONE_HU))
+
+    # Inside the skull: HU rebuilt from the Colin tissue classes, real Colin T1 (CSF where no brain).
     rng = np.random.default_rng(20230)
-    near_brain = ndi.distance_transform_edt(~brain, sampling=spacing) < 6.0
+    near_brain = ndi.distance_transform_edt(~(brain_w > 0.5), sampling=spacing) < 6.0
     inside = ndi.gaussian_filter((cavity & near_brain).astype(np.float32), 0.6)
     ct_in = brain_w * np.interp(t1_w, [csf, gm, wm], [CSF_HU, GM_HU, WM_HU]) + (1 - brain_w) * CSF_HU
     ct_in += 3.0 * _texture(ct.shape, rng, 1.0)
     t1_in = brain_w * t1_w / wm + (1 - brain_w) * csf / wm
+    # Outside: the real CT, and a T1 simulated from its tissue classes.
     t1_out = _t1_from_hu(ndi.gaussian_filter(ct, (0.5, 0.8, 0.8)))
     t1_out *= 1 + 0.03 * _texture(ct.shape, rng, 1.5)
     t1 = np.where(body, inside * t1_in + (1 - inside) * t1_out, 0.0)
@@ -264,7 +274,7 @@ def _class_masks(values: np.ndarray) -> list[np.ndarray]:
 def _crop_and_orient(body: np.ndarray, spacing: tuple[float, float, float], dice: float,
                      csf_t1: float, z_calvarium: float, **channels: np.ndarray) -> HeadTemplate:
     """Crop to the head plus a margin and flip y/x so that the arrays read as LPS."""
-    zs, ys, xs = np.nonzero(body)
+    _, ys, xs = np.nonzero(body)
     margin = 6
     sl = (slice(None), slice(max(ys.min() - margin, 0), ys.max() + margin + 1),
           slice(max(xs.min() - margin, 0), xs.max() + margin + 1))
@@ -409,7 +419,8 @@ def _rotation(degrees: tuple[float, float, float] | np.ndarray) -> np.ndarray:
     return Rotation.from_rotvec(np.deg2rad(np.asarray(degrees, float))).as_matrix().astype(np.float32)
 
 
-def _grid_shape(template: HeadTemplate, spacing: tuple[float, float, float], in_plane: int) -> tuple[int, int, int]:
+def _grid_shape(template: HeadTemplate, spacing: tuple[float, float, float],
+                in_plane: int) -> tuple[int, int, int]:
     return max(int(math.ceil(template.fov_z / spacing[0])), 1), in_plane, in_plane
 
 
@@ -444,7 +455,8 @@ def _sample(template: HeadTemplate, coords: np.ndarray, names: tuple[str, ...]) 
                                    prefilter=False, output=np.float32) for n in names}
 
 
-def _skull_change(ch: dict[str, np.ndarray], thickness: np.ndarray, soft_mm: float) -> tuple[np.ndarray, np.ndarray]:
+def _skull_change(ch: dict[str, np.ndarray], thickness: np.ndarray,
+                  soft_mm: float) -> tuple[np.ndarray, np.ndarray]:
     """Soft weights of the voxels that become bone (inner table moved inwards by ``thickness`` > 0)
     and of the bone voxels that become CSF (inner table moved outwards, ``thickness`` < 0)."""
     s_cav, d_bone = ch["s_cav"], ch["d_bone"]
@@ -469,13 +481,15 @@ def _patient_t1(ch: dict[str, np.ndarray], add: np.ndarray, remove: np.ndarray, 
     return t1 + remove * (csf_t1 - t1)
 
 
-def _mri_acquisition(t1: np.ndarray, hu: np.ndarray, scanner: Scanner, rng: np.random.Generator) -> np.ndarray:
+def _mri_acquisition(t1: np.ndarray, hu: np.ndarray, scanner: Scanner,
+                     rng: np.random.Generator) -> np.ndarray:
     """Scanner contrast, resolution, bias field, gain and Rician noise applied to a clean T1."""
     signal = np.clip(t1, 0, None) ** scanner.mr_gamma
     fat = np.clip((hu + 250.0) / 100.0, 0, 1) * np.clip((-20.0 - hu) / 40.0, 0, 1)
     signal *= 1 + (scanner.fat_gain - 1) * fat
     if scanner.blur_inplane > 0 or scanner.blur_through > 0:
-        signal = ndi.gaussian_filter(signal, (scanner.blur_through, scanner.blur_inplane, scanner.blur_inplane))
+        sigma = (scanner.blur_through, scanner.blur_inplane, scanner.blur_inplane)
+        signal = ndi.gaussian_filter(signal, sigma)
     signal *= np.exp(scanner.bias * _smooth_field(signal.shape, (3, 3, 3), rng))
     signal *= scanner.mr_gain
     sigma = scanner.mr_noise * scanner.mr_gain
@@ -541,7 +555,8 @@ def _check_args(n_centres: int, patients_per_centre: int, spacing: tuple[float, 
 
 def build_head_dataset(root: Path, n_centres: int = 5, patients_per_centre: int = 12, seed: int = 0,
                        spacing: tuple[float, float, float] = (3.0, 1.875, 1.875), in_plane: int = 128,
-                       cache_dir: Path | None = None, fmt: str = "nii.gz", progress: bool = True) -> list[str]:
+                       cache_dir: Path | None = None, fmt: str = "nii.gz",
+                       progress: bool = True) -> list[str]:
     """Write a federated paired MRI/CT head dataset in the SynthRAD layout; return the patient IDs.
 
     The grid is ``in_plane`` x ``in_plane`` voxels at ``spacing`` (a small FOV crops the head), with

@@ -1,8 +1,9 @@
 """Aggregation rules over flattened client updates: FedAvg, FedProx and Byzantine-robust rules.
 
 Every rule maps a stack of client updates ``[n, d]`` and their example counts ``[n]`` to one
-vector ``[d]``. The work is vectorised over coordinates in torch; the only Python loop over clients
-is Bulyan's iterative Krum selection, which the definition makes sequential.
+vector ``[d]``. The work is vectorised over coordinates (torch, plus numpy's introselect for order
+statistics of CPU tensors); the only Python loop over clients is Bulyan's iterative Krum selection,
+which the definition makes sequential.
 
 The semantics follow Flower's reference functions (``flwr.server.strategy.aggregate``) so that results
 can be cross-checked: numpy's median (mean of the two middle values for an even count), a trimmed mean
@@ -42,6 +43,8 @@ STRATEGY_NAMES = ("fedavg", "fedprox", "fedmedian", "trimmed", "krum", "multikru
 
 # CPU selections go through numpy's introselect (see _partition); False forces the torch path.
 _CPU_INTROSELECT = True
+# Columns per block of the Gram matrix product (see _pairwise_sq_dists).
+_GRAM_BLOCK = 16384
 
 
 # --------------------------------------------------------------------------------------------------
@@ -128,32 +131,40 @@ def _trimmed_mean(x: torch.Tensor, cut: int) -> torch.Tensor:
 def _mean_nearest(x: torch.Tensor, reference: torch.Tensor, count: int) -> torch.Tensor:
     """Per column, the mean of the ``count`` values closest to ``reference`` (Bulyan's second stage).
 
-    The values strictly inside the count-th smallest distance are summed; the remaining slots are
-    filled from the values exactly at that distance (their mean when both sides tie, where any choice
-    is as good and Flower's order is arbitrary).
+    The values within the count-th smallest distance are summed. Where several values tie at that
+    distance there are too many; the surplus is taken off at the mean of the tied values (one value
+    when the tie is one-sided; when both sides tie any choice is as good, and Flower's is arbitrary).
     """
     dist = (x - reference).abs_()
     radius = _partition(dist, count - 1)[count - 1]
     # Float masks: summing them (and mask-weighted sums) is several times faster than bool reductions.
-    inside = (dist < radius).to(x.dtype)
-    on_edge = (dist == radius).to(x.dtype)
-    inside_sum = torch.einsum("nd,nd->d", inside, x)
-    # The radius is one of the distances, so every column has at least one value on the edge.
-    edge_mean = torch.einsum("nd,nd->d", on_edge, x) / on_edge.sum(dim=0)
-    return (inside_sum + (count - inside.sum(dim=0)) * edge_mean) / count
+    within = (dist <= radius).to(x.dtype)
+    total = torch.einsum("nd,nd->d", within, x)
+    surplus = within.sum(dim=0) - count
+    if bool((surplus > 0).any()):
+        on_edge = (dist == radius).to(x.dtype)  # at least one value per column: the radius itself
+        total -= surplus * torch.einsum("nd,nd->d", on_edge, x) / on_edge.sum(dim=0)
+    return total / count
 
 
 def _pairwise_sq_dists(x: torch.Tensor) -> torch.Tensor:
-    """Squared Euclidean distances between rows, as float64 for stable score sums.
+    """Squared Euclidean distances between rows, in float64.
 
-    One Gram matrix product, |a|^2 + |b|^2 - 2ab: about 7x faster than torch.cdist on a 2M-wide
-    stack, whose matrix path builds padded copies of the input. The expansion cancels badly when
-    rows share a large offset, so rows are centred first (distances do not change under a shift);
-    what remains is float32 rounding relative to the centred norms. The Gram matrix is symmetrised
-    so that d(i, j) == d(j, i) exactly and Krum's ties break by index, as in Flower.
+    Computed as |a|^2 + |b|^2 - 2ab from a Gram matrix. Rows are centred first, since the expansion
+    cancels badly when they share an offset and distances do not change under a shift. The Gram
+    matrix is a batched product over column blocks of _GRAM_BLOCK: each block sums few terms in
+    the input precision and the blocks are summed in float64. On 2M-wide float32 stacks this is
+    ~100x more accurate than one long float32 product and ~10x faster and more accurate than
+    torch.cdist (whose matrix path pads copies of the input and whose direct path accumulates in
+    float32). The result is symmetric, so Krum's ties break by index as in Flower.
     """
-    centred = x - x.mean(dim=0, keepdim=True)
-    gram = (centred @ centred.T).double()
+    n, d = x.shape
+    block = max(1, min(_GRAM_BLOCK, d))
+    n_blocks = -(-d // block)
+    centred = x.new_zeros(n, n_blocks * block)
+    torch.sub(x, x.mean(dim=0, keepdim=True), out=centred[:, :d])
+    blocks = centred.view(n, n_blocks, block).transpose(0, 1)  # [blocks, n, block]
+    gram = torch.bmm(blocks, blocks.transpose(1, 2)).double().sum(dim=0)
     gram = (gram + gram.T) / 2
     sq_norms = gram.diagonal()
     return (sq_norms.unsqueeze(1) + sq_norms.unsqueeze(0) - 2.0 * gram).clamp_min_(0.0)

@@ -44,14 +44,16 @@ class IGSettings(_Strict):
 class I2ISettings(_Strict):
     """The image-to-image attack: recovers the MRI and the CT (see ``i2i.py`` for the method)."""
 
-    iterations: int = Field(300, ge=1)
-    lr: float = Field(0.05, gt=0)
-    tv_weight: float = Field(1e-3, ge=0)
+    levels: int = Field(3, ge=1)  # coarse-to-fine pyramid: H / 2**(levels-1) ... H / 2 before full size
+    level_iterations: int = Field(25, ge=0)  # L-BFGS steps per coarse level
+    iterations: int = Field(300, ge=0)  # Adam steps at full resolution
+    lr: float = Field(0.01, gt=0)
+    tv_weight: float = Field(1e-2, ge=0)
     bn_weight: float = Field(1.0, ge=0)  # weight of the leaked BatchNorm statistics in the match
-    tau_start: float = Field(0.3, gt=0)  # L1 sign relaxation tanh(r / tau), annealed geometrically
-    tau_end: float = Field(0.01, gt=0)
+    norm_weight: float = Field(0.1, ge=0)  # weight of the update-norm term (the scale a cosine ignores)
+    tau_start: float = Field(0.1, gt=0)  # L1 sign relaxation tanh(r / tau), annealed geometrically
+    tau_end: float = Field(0.005, gt=0)
     restarts: int = Field(1, ge=1)
-    signed: bool = True  # signed gradient steps (as Inverting Gradients): robust to badly scaled layers
 
 
 class InversionSettings(_Strict):

@@ -85,9 +85,10 @@ def collect_signals(record: ServerRecord, rounds: list[int], clients: list[str],
     if families & {"loss_target", "loss_global"}:
         start = time.perf_counter()
         sig.loss_target = np.full((r_count, k, n), np.nan)
-        sig.loss_global = np.full((r_count, n), np.nan)
+        if "loss_global" in families:
+            sig.loss_global = np.full((r_count, n), np.nan)
         for ri, view in enumerate(views):
-            if "loss_global" in families:
+            if sig.loss_global is not None:
                 probe.load(view.global_vector)
                 sig.loss_global[ri] = probe.losses(mr, ct, batch_size)
             directions = target_directions(view, clients)

@@ -3,14 +3,20 @@
 It only watches (a ``RoundMonitor`` of :class:`fedi2i.fl.server.Aggregator`): aggregation is untouched,
 so it can run beside any rule, FedAvg included, without breaking the federation.
 
-Per round, for every update ``d_k`` and the coordinate-wise median ``m`` of all updates, three features:
-``log |d_k|`` (size), ``log |d_k - m|`` (distance to the robust centre) and ``cos(d_k, m)`` (direction).
-Each feature is turned into a robust z-score across the round's centres, ``(x - median) / (1.4826 MAD)``;
-the MAD is floored (``scale_floor``) because with four centres it can be near zero by chance, and a tiny
-spread would turn ordinary scanner differences into huge z-scores. The size z counts both ways (scaled
-up or shrunk), distance only upwards, cosine only downwards. The round score is the largest of the
-three, and the running score is an exponentially weighted mean started at 0, so one odd round is not
-enough: a centre is flagged while its running score stays above ``threshold``.
+Per round, for every update ``d_k`` and the coordinate-wise median ``m`` of all updates, three features,
+all on a log scale so that they are relative (the updates shrink over rounds): ``log |d_k|`` (size),
+``log |d_k - m|`` (distance to the robust centre) and ``log(1 - cos(d_k, m))`` (angle to it).
+Each feature is turned into a robust z-score across the round's centres, ``(x - median) / (1.4826 MAD)``,
+so a centre is compared with the spread the honest centres themselves show (scanner differences included).
+The MAD is floored (``scale_floor``, in log units: 0.25 means differences below a factor exp(3 * 0.25) = 2.1
+are never flagged at z = 3) because with four centres it can be near zero by chance, which would turn
+ordinary differences into huge z-scores. Every z counts one way only: larger, further, less aligned (a smaller update weighs less in any mean and cannot drag the model far). The round score is the
+largest of the three; the running score is their exponentially weighted mean over the rounds so far
+(bias-corrected, so round 0 counts fully and later rounds weigh more), so one odd round among many is
+not enough. A centre is flagged while its running score exceeds ``threshold``.
+
+Like the median, it needs an honest majority: when half the centres are malicious and their updates look
+alike (same kind of corrupted data), nothing in the geometry of the updates tells which half is honest.
 
 This is the standard robust-statistics recipe written out by hand, since it runs inside the round on
 torch vectors and needs per-round state; scikit-learn is used for the ROC in summary.py.
@@ -30,19 +36,20 @@ from fedi2i.attacks.poisoning.settings import DetectorSettings
 from fedi2i.fl.client import ClientUpdate
 from fedi2i.fl.strategies import FedMedian
 
-FEATURES = ("size", "dist", "cos")
+FEATURES = ("size", "dist", "angle")
 MAD_TO_STD = 1.4826  # MAD of a normal distribution times this is its standard deviation
 
 
 def update_features(deltas: dict[str, torch.Tensor]) -> dict[str, dict[str, float]]:
-    """Size, distance to the coordinate-wise median and cosine to it, per centre."""
+    """log size, log distance to the coordinate-wise median and log(1 - cosine) to it, per centre."""
     ids = sorted(deltas)
     x = torch.stack([deltas[c].float() for c in ids])
     med = FedMedian().aggregate(x, torch.ones(len(ids))) if len(ids) >= 3 else x.mean(0)
     norms = x.norm(dim=1).clamp_min(1e-12)
     dists = (x - med).norm(dim=1).clamp_min(1e-12)
     cos = F.cosine_similarity(x, med.unsqueeze(0).expand_as(x), dim=1, eps=1e-12)
-    return {c: {"size": math.log(float(norms[i])), "dist": math.log(float(dists[i])), "cos": float(cos[i])}
+    return {c: {"size": math.log(float(norms[i])), "dist": math.log(float(dists[i])),
+                "angle": math.log(max(1.0 - float(cos[i]), 0.0) + 1e-6), "cos": float(cos[i])}
             for i, c in enumerate(ids)}
 
 
@@ -55,13 +62,10 @@ def robust_z(values: dict[str, float], floor: float) -> dict[str, float]:
 
 
 def round_scores(features: dict[str, dict[str, float]], floor: float) -> dict[str, dict[str, float]]:
-    """Per centre: the three z-scores, signed so that larger is more suspicious, and their maximum."""
+    """Per centre: the z-score of each feature (larger is more suspicious) and their maximum."""
     z = {f: robust_z({c: features[c][f] for c in features}, floor) for f in FEATURES}
-    out = {}
-    for c in features:
-        zs = {"size": abs(z["size"][c]), "dist": z["dist"][c], "cos": -z["cos"][c]}
-        out[c] = {**{f"z_{k}": v for k, v in zs.items()}, "score": max(zs.values())}
-    return out
+    return {c: {**{f"z_{f}": z[f][c] for f in FEATURES}, "score": max(z[f][c] for f in FEATURES)}
+            for c in features}
 
 
 @dataclass
@@ -70,6 +74,8 @@ class UpdateDetector:
 
     settings: DetectorSettings = field(default_factory=DetectorSettings)
     running: dict[str, float] = field(default_factory=dict)
+    _ewma: dict[str, float] = field(default_factory=dict)
+    _weight: dict[str, float] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
 
     def __call__(self, round_index: int, global_vector: torch.Tensor, updates: dict[str, ClientUpdate]) -> None:
@@ -80,7 +86,9 @@ class UpdateDetector:
         scores = round_scores(features, self.settings.scale_floor)
         a = self.settings.alpha
         for c, s in scores.items():
-            self.running[c] = (1 - a) * self.running.get(c, 0.0) + a * s["score"]
+            self._ewma[c] = (1 - a) * self._ewma.get(c, 0.0) + a * s["score"]
+            self._weight[c] = (1 - a) * self._weight.get(c, 0.0) + a
+            self.running[c] = self._ewma[c] / self._weight[c]
         self.history.append({
             "round": round_index,
             "clients": {c: {**features[c], **scores[c], "running": self.running[c],

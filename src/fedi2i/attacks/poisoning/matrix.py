@@ -22,7 +22,7 @@ from fedi2i.attacks.poisoning.detector import UpdateDetector
 from fedi2i.attacks.poisoning.settings import PoisonSettings, RuleParams, load_poison_settings
 from fedi2i.config import Config, config_from_dict
 from fedi2i.data.federation import FederatedData, load_federation
-from fedi2i.errors import ConfigError
+from fedi2i.errors import AggregationError, ConfigError
 from fedi2i.fl.engine import RoundCallback, write_json
 from fedi2i.fl.strategies import build_rule
 from fedi2i.training import RunOptions, train
@@ -194,22 +194,34 @@ def _train_cell(config: Config, data: FederatedData, cell: PoisonCell, out_dir: 
     data_t, update_t = attack_options(cell.attack, cell.strength, cell.malicious, settings.seed, settings.clip_ct)
     detector = UpdateDetector(settings.detector)
     run_dir = cell_dir(out_dir, cell)
+    history: list[dict[str, Any]] = []
+
+    def record(done: int, entry: dict[str, Any]) -> None:
+        history.append(entry)
+        if on_round is not None:
+            on_round(done, entry)
+
     start = time.perf_counter()
-    res = train(cfg, run_dir, data, RunOptions(data_transforms=data_t, update_transforms=update_t,
-                                               monitors=[detector], resume=False, on_round=on_round))
+    try:
+        res = train(cfg, run_dir, data, RunOptions(data_transforms=data_t, update_transforms=update_t,
+                                                   monitors=[detector], resume=False, on_round=record))
+    except AggregationError as exc:
+        # every update of a round was unusable (NaN/Inf): the federation stopped working, which is the
+        # outcome the attack aimed for, not an error of the experiment
+        write_json(run_dir / "detector.json", detector.history)
+        write_json(run_dir / "history.json", history)
+        return {"collapsed": True, "collapsed_round": len(history), "collapse_reason": str(exc),
+                "diverged": True, "unseen": {}, "unseen_mean": {}, "honest": {}, "honest_mean": {},
+                "malicious_centres": {}, "val_curve": _val_curve(history, cell, config),
+                "detector": detector.summary(), "rounds": cfg.train.rounds,
+                "seconds": time.perf_counter() - start, "run_dir": str(run_dir),
+                "history_path": str(run_dir / "history.json"), "detector_path": str(run_dir / "detector.json")}
     seconds = time.perf_counter() - start
     write_json(run_dir / "detector.json", detector.history)
     test = {c: r["summary"] for c, r in res.metrics["test"].items()}
     honest = [c for c in config.data.train_centres if c not in cell.malicious and c in test]
     unseen = [c for c in config.data.unseen_centres if c in test]
     pick = lambda s: {m: s[m] for m in METRICS}  # noqa: E731
-    val_curve = []
-    for entry in res.run.history:
-        if "val" in entry:
-            maes = {c: v["mae"] for c, v in entry["val"].items()}
-            hon = [maes[c] for c in honest if c in maes]
-            val_curve.append({"round": entry["round"] + 1, "honest_mae": sum(hon) / len(hon) if hon else None,
-                              "mae": maes})
     unseen_mean = _mean_metrics([test[c] for c in unseen])
     return {
         "unseen": {c: pick(test[c]) for c in unseen},
@@ -217,8 +229,9 @@ def _train_cell(config: Config, data: FederatedData, cell: PoisonCell, out_dir: 
         "honest": {c: pick(test[c]) for c in honest},
         "honest_mean": _mean_metrics([test[c] for c in honest]),
         "malicious_centres": {c: pick(test[c]) for c in cell.malicious if c in test},
+        "collapsed": False,
         "diverged": not all(math.isfinite(v) for v in unseen_mean.values()),
-        "val_curve": val_curve,
+        "val_curve": _val_curve(res.run.history, cell, config),
         "detector": detector.summary(),
         "rounds": cfg.train.rounds,
         "train_slices": res.metrics["train_slices"],
@@ -237,6 +250,19 @@ def cell_fingerprint(config: Config, settings: PoisonSettings, cell: PoisonCell)
     payload = {"cell": cell.as_dict(), "config": cfg, "seed": settings.seed, "clip_ct": settings.clip_ct,
                "detector": settings.detector.model_dump()}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _val_curve(history: list[dict[str, Any]], cell: PoisonCell, config: Config) -> list[dict[str, Any]]:
+    """Validation MAE per centre at every evaluated round, and its mean over the honest centres."""
+    honest = [c for c in config.data.train_centres if c not in cell.malicious]
+    curve = []
+    for entry in history:
+        if "val" in entry:
+            maes = {c: v["mae"] for c, v in entry["val"].items()}
+            hon = [maes[c] for c in honest if c in maes]
+            curve.append({"round": entry["round"] + 1, "honest_mae": sum(hon) / len(hon) if hon else None,
+                          "mae": maes})
+    return curve
 
 
 def load_cell_result(out_dir: Path, cell: PoisonCell, fingerprint: str | None = None) -> dict[str, Any] | None:

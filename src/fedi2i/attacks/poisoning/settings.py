@@ -58,7 +58,7 @@ class DetectorSettings(_Strict):
 
     alpha: float = Field(0.3, gt=0, le=1)  # weight of the newest round in the running (EWMA) score
     threshold: float = Field(3.0, gt=0)  # a centre is flagged while its running score exceeds this
-    scale_floor: float = Field(0.1, gt=0)  # smallest robust spread of a feature (tiny federations)
+    scale_floor: float = Field(0.25, gt=0)  # smallest robust spread of a (log) feature: tolerates ~2x
     separates_auc: float = Field(0.8, gt=0.5, le=1)  # AUC below which a level counts as "not separated"
 
 
@@ -130,7 +130,8 @@ def load_poison_settings(config: Config) -> PoisonSettings:
     except ValidationError as exc:
         lines = ["invalid attacks.poison settings:"]
         for err in exc.errors():
-            loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            loc = ".".join(str(p) for p in err["loc"])
             msg = "unknown key (check the spelling)" if err["type"] == "extra_forbidden" else err["msg"]
-            lines.append(f"  attacks.poison.{loc}: {msg}")
+            msg = msg.removeprefix("Value error, ")
+            lines.append(f"  attacks.poison{'.' + loc if loc else ''}: {msg}")
         raise ConfigError("\n".join(lines)) from None

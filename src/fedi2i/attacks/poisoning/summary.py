@@ -19,7 +19,7 @@ from fedi2i.fl.engine import write_json
 
 QUALITY_COLUMNS = ("key", "rule", "attack", "level", "n_malicious", "malicious", "tolerates", "status",
                    "unseen_mae", "unseen_psnr", "unseen_ssim", "honest_mae", "honest_psnr", "honest_ssim",
-                   "baseline_unseen_mae", "delta_unseen_mae", "diverged", "flagged", "seconds", "skip_reason")
+                   "baseline_unseen_mae", "delta_unseen_mae", "collapsed", "diverged", "flagged", "seconds", "skip_reason")
 
 
 def _ordered(values: Iterable[str]) -> list[str]:
@@ -53,6 +53,7 @@ def quality_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "unseen_mae": mae, "unseen_psnr": um.get("psnr"), "unseen_ssim": um.get("ssim"),
             "honest_mae": hm.get("mae"), "honest_psnr": hm.get("psnr"), "honest_ssim": hm.get("ssim"),
             "baseline_unseen_mae": b, "delta_unseen_mae": None if mae is None or b is None else mae - b,
+            "collapsed": r.get("collapsed"), "collapsed_round": r.get("collapsed_round"),
             "diverged": r.get("diverged"), "flagged": " ".join((r.get("detector") or {}).get("flagged", [])),
             "seconds": r.get("seconds"), "skip_reason": r.get("skip_reason")})
     return rows
@@ -85,12 +86,17 @@ def mae_markdown(rows: list[dict[str, Any]]) -> str:
                     return "-"
                 if row["status"] == "skipped":
                     return "skipped"
+                if row["collapsed"]:
+                    return f"collapsed (round {row['collapsed_round']})"
                 return _fmt(row["unseen_mae"]) + (" (diverged)" if row["diverged"] else "")
 
             out.append(f"| {rule} | {n} | {show(base.get(rule))} | "
                        + " | ".join(show(cells.get(lv)) for lv in levels) + " |")
         out.append("")
     skipped = _ordered(f"- {r['rule']}: {r['skip_reason']}" for r in rows if r["status"] == "skipped")
+    if any(r["collapsed"] for r in rows):
+        out.append("collapsed: every update of a round was NaN/Inf once the poisoned global model diverged, so "
+                   "the federation stopped (inoperative).\n")
     if skipped:
         out.append("Skipped rules:\n" + "\n".join(skipped) + "\n")
     return "\n".join(out)

@@ -1,0 +1,125 @@
+"""Round time of a Flower deployment vs the in-process engine, and where the Flower time goes.
+
+Quick preset model and slices (64x64, U-Net 16-32-64-128) on the procedural phantom (no download), 4
+training centres, FedAvg, 2 rounds. Three runtimes, same seed, same rounds, measured side by side:
+
+1. the in-process engine (``fedi2i.training.train``);
+2. the Flower apps run in one process (``InProcessTransport``): every message still goes through
+   protobuf and every stage reloads the node's data and rebuilds its trainer, as a ClientApp process does;
+3. a real Flower deployment on 127.0.0.1 (1 SuperLink + 4 SuperNodes, ``flwr run``).
+
+The breakdown of (3) comes from the timings each ClientApp reports: process start-up (spawning the
+process and importing Flower, until fedi2i's handler runs), imports (torch, MONAI, fedi2i's training
+code), data loading, training, serialisation; the server's aggregation; the rest of the exchange's wall
+time is Flower's scheduling and polling. ``--secagg`` also runs SecAgg in (1) and (3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+from statistics import mean
+
+import torch
+import yaml
+from _common import quick_phantom
+
+from fedi2i.fl.flower import protocol as P
+from fedi2i.fl.flower.codec import vector_record
+from fedi2i.fl.flower.deploy import run_local
+from fedi2i.fl.flower.inprocess import InProcessTransport, wire
+from fedi2i.fl.flower.rounds import ServerRounds
+from fedi2i.fl.params import ParamSpec
+from fedi2i.models import build_unet
+from fedi2i.training import train
+from flwr.app import RecordDict
+
+
+def engine_rounds(cfg, data, out: Path) -> list[float]:
+    return [h["round_seconds"] for h in train(cfg, out, data).run.history]
+
+
+def inprocess_rounds(cfg, root: Path, out: Path) -> list[float]:
+    nodes = {i + 1: {P.NODE_CENTRE: c, P.NODE_DATA: str(root)} for i, c in enumerate(cfg.data.train_centres)}
+    transport = InProcessTransport(nodes, {P.RUN_CONFIG_YAML: yaml.safe_dump(cfg.model_dump(mode="json"))})
+    return [h["round_seconds"] for h in ServerRounds(cfg, out, transport, poll=0.0).run().history]
+
+
+def breakdown(history: list[dict]) -> dict[str, float]:
+    """Mean per round: exchange wall time, and per-client sections averaged over the clients."""
+    parts: dict[str, list[float]] = {}
+    for entry in history:
+        sums: dict[str, float] = {"exchanges_wall": 0.0, "aggregation": entry["flower"].get("aggregate_s", 0.0)}
+        for stage in (v for v in entry["flower"].values() if isinstance(v, dict)):
+            sums["exchanges_wall"] += stage["seconds"]
+            if "server_s" in stage:
+                sums["server_secagg"] = sums.get("server_secagg", 0.0) + stage["server_s"]
+            clients = list(stage["clients"].values())
+            for key in ("process_age_s", "import_s", "data_s", "train_s", "mask_s", "encode_s"):
+                values = [c[key] for c in clients if key in c]
+                if values:
+                    sums[key] = sums.get(key, 0.0) + mean(values)
+        for key, value in sums.items():
+            parts.setdefault(key, []).append(value)
+    return {k: mean(v) for k, v in parts.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--secagg", action="store_true", help="also compare a SecAgg round")
+    args = parser.parse_args()
+    cfg, data = quick_phantom(overrides={"train.rounds": args.rounds, "federation.eval_every": 0,
+                                         "federation.record_rounds": "none", "train.threads": 1})
+    root = Path(cfg.data.root)
+    out = Path(tempfile.mkdtemp(prefix="fedi2i-bench-flower-"))
+    slices = {c: len(s) for c, s in data.train.items()}
+    print(f"quick preset model on the phantom (not the realistic heads): {len(slices)} centres, {slices} training "
+          f"slices, {args.rounds} rounds, 1 torch thread per client")
+    modes = [("plain", cfg)]
+    if args.secagg:
+        modes.append(("secagg", cfg.model_copy(update={"secagg": cfg.secagg.model_copy(update={"enabled": True})})))
+    for name, mode_cfg in modes:
+        # best of two engine runs: the first pays one-off warm-up costs the deployment pays in every process
+        eng = min((engine_rounds(mode_cfg, data, out / f"engine-{name}-{i}") for i in range(2)), key=mean)
+        inproc = inprocess_rounds(mode_cfg, root, out / f"inproc-{name}") if name == "plain" else None
+        t = time.perf_counter()
+        res = run_local(mode_cfg, out / f"flower-{name}", data_root=root, workdir=out / f"work-{name}",
+                        timeout=1800, poll_interval=0.1)
+        total = time.perf_counter() - t
+        fl = [h["round_seconds"] for h in res.history]
+        same = torch.equal(res.global_vector, torch.load(out / f"engine-{name}-0" / "checkpoint.pt",
+                                                         weights_only=False)["global_vector"])
+        print(f"\n== {name}: mean round time over {args.rounds} rounds")
+        print(f"in-process engine        {mean(eng):8.2f} s")
+        if inproc:
+            print(f"Flower apps, in-process  {mean(inproc):8.2f} s   ratio {mean(inproc) / mean(eng):6.2f}")
+        print(f"Flower deployment        {mean(fl):8.2f} s   ratio {mean(fl) / mean(eng):6.2f}   "
+              f"(same final model as the engine: {same})")
+        print(f"deployment set-up: federation start {res.startup_seconds:.1f} s, whole `flwr run` "
+              f"{res.flower.seconds:.1f} s (ServerApp start-up and node discovery included), total {total:.1f} s")
+        parts = breakdown(res.history)
+        print("where a deployed round's time goes (per round; client sections averaged over the clients):")
+        labels = {"exchanges_wall": "exchanges, wall time", "process_age_s": "  ClientApp process start + Flower imports",
+                  "import_s": "  torch/MONAI/fedi2i imports", "data_s": "  data loading (node's own slices)",
+                  "train_s": "  local training", "mask_s": "  SecAgg quantise + mask",
+                  "encode_s": "  building the reply records", "server_secagg": "server SecAgg stages",
+                  "aggregation": "server aggregation + record"}
+        for key, label in labels.items():
+            if key in parts:
+                print(f"  {label:44s} {parts[key]:8.2f} s")
+        clients = [k for k in ("process_age_s", "import_s", "data_s", "train_s", "mask_s", "encode_s") if k in parts]
+        rest = parts["exchanges_wall"] - sum(parts[k] for k in clients)
+        print(f"  {'  Flower scheduling, polling, transfer (rest)':44s} {rest:8.2f} s")
+    vec = torch.zeros(ParamSpec.from_module(build_unet(cfg.model)).numel)
+    t = time.perf_counter()
+    for _ in range(20):
+        wire(RecordDict({"v": vector_record(vec)}))
+    print(f"\nserialising one model vector ({vec.numel()} float32, {4 * vec.numel() / 1e6:.2f} MB) to protobuf and "
+          f"back: {(time.perf_counter() - t) / 20 * 1e3:.1f} ms")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""``fedi2i attack membership``: FedMIA and baseline membership inference on a trained run."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from fedi2i.attacks.membership import METHODS, run_membership, settings_from_config
+from fedi2i.attacks.membership.collect import Progress as ProgressFn
+from fedi2i.cli.app import attack_app, console, fail, setup_logging
+from fedi2i.config import load_config
+from fedi2i.errors import Fedi2iError
+
+
+def parse_round_list(text: Optional[str]) -> Any:
+    if text is None or text == "all":
+        return text
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise Fedi2iError(f"--rounds expects all or a comma list of recorded rounds, got {text!r}") from None
+
+
+@contextmanager
+def stage_progress(enabled: bool) -> Iterator[ProgressFn | None]:
+    """A rich bar per signal stage (loss, gradient, gradient norm)."""
+    if not enabled:
+        yield None
+        return
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        tasks: dict[str, Any] = {}
+
+        def tick(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = progress.add_task(f"{stage} signals", total=total)
+            progress.update(tasks[stage], completed=done)
+
+        yield tick
+
+
+@attack_app.command("membership")
+def membership_command(
+    run: Path = typer.Option(..., "--run", help="Trained run folder (holds record/ and config.yaml)."),
+    method: Optional[list[str]] = typer.Option(None, "--method", "-m",
+                                               help=f"Method(s), repeatable: {'|'.join(METHODS)} (default: all)."),
+    out: Optional[Path] = typer.Option(None, help="Output folder (default: RUN/attacks/membership)."),
+    rounds: Optional[str] = typer.Option(None, help="Recorded rounds to use: all or a comma list."),
+    max_slices: Optional[int] = typer.Option(None, "--max-slices", help="Candidate slices per patient."),
+    sigma: Optional[str] = typer.Option(None, help="FedMIA reference spread: pooled|per-sample|floored."),
+    seed: Optional[int] = typer.Option(None, help="Seed of the candidate draw and bootstrap."),
+    shuffle_labels: bool = typer.Option(False, "--shuffle-labels", help="Control: permute membership labels."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Who trained on which patient? FedMIA (loss / gradient) and baselines, per centre, from the
+    curious-server record; under secure aggregation only what the aggregate reveals."""
+    setup_logging(verbose)
+    try:
+        config_path = run / "config.yaml"
+        attacks = load_config(config_path).attacks if config_path.exists() else {}
+        settings = settings_from_config(attacks, methods=method or None, rounds=parse_round_list(rounds),
+                                        max_slices_per_patient=max_slices, sigma=sigma, seed=seed,
+                                        shuffle_labels=shuffle_labels or None)
+        out_dir = out or run / "attacks" / "membership"
+        with stage_progress(not quiet) as tick:
+            result = run_membership(run, settings=settings, out_dir=out_dir, progress=tick)
+    except Fedi2iError as exc:
+        fail(exc)
+    show_results(result)
+    console.print(f"results in [bold]{out_dir}[/] (membership.json, membership.csv, membership.md, roc_*.png)")
+
+
+def show_results(result: dict[str, Any]) -> None:
+    mode = "secure aggregation: the server sees only the aggregate" if result["secure"] else \
+        "individual updates visible to the server"
+    table = Table(title=f"membership AUC per centre, slice level ({mode})\n"
+                        "all non-members [same-centre non-members] / patient level")
+    table.add_column("method")
+    for centre in result["clients"]:
+        table.add_column(centre, justify="right")
+    for name, entry in result["methods"].items():
+        if not entry["available"]:
+            table.add_row(name, *["[dim]unavailable[/]"] * len(result["clients"]))
+            continue
+        cells = []
+        for centre in result["clients"]:
+            v = entry["centres"].get(centre)
+            if v is None:
+                cells.append("n/a")
+                continue
+            same = v["slice"]["auc_same_centre"]
+            cells.append(f"{v['slice']['auc']:.2f} [{'n/a' if same is None else f'{same:.2f}'}] / "
+                         f"{v['patient']['auc']:.2f}")
+        table.add_row(name, *cells)
+    console.print(table)
+    reasons = {e["reason"] for e in result["methods"].values() if not e["available"] and "reason" in e}
+    for reason in reasons:
+        console.print(f"[yellow]note:[/] {reason}")

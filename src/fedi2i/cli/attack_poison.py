@@ -1,0 +1,107 @@
+"""``fedi2i attack poison``: run the poisoning matrix (attacks x levels x malicious centres x rules)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from fedi2i.attacks.poisoning import load_poison_settings, plan_poison, run_poison_matrix, summarise_poison
+from fedi2i.attacks.poisoning.matrix import PoisonCell
+from fedi2i.cli.app import attack_app, console, fail, load_cli_config, parse_overrides, setup_logging
+from fedi2i.data.federation import load_federation
+from fedi2i.errors import Fedi2iError
+
+
+@attack_app.command("poison")
+def poison_command(
+    config: str = typer.Option("quick", "--config", "-c", help="Preset name (quick, paper, tiny) or YAML file; "
+                               "the matrix is read from its attacks.poison section."),
+    out: Path = typer.Option(Path("runs/poison"), help="Output folder; finished cells found there are reused."),
+    data: Optional[Path] = typer.Option(None, help="Dataset folder (default: built-in dataset, built on first use)."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override any config key, e.g. "
+                                              "--set attacks.poison.rules=[fedavg,trimmed]"),
+    plan_only: bool = typer.Option(False, "--plan", help="Only list the cells, train nothing."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Train every cell of the poisoning matrix, watch it with the update detector, write tables and figures."""
+    setup_logging(verbose)
+    try:
+        overrides = parse_overrides(set_)
+        if data is not None:
+            overrides["data.root"] = str(data)
+        cfg = load_cli_config(config, overrides)
+        settings = load_poison_settings(cfg)
+        fed = load_federation(cfg.data, cfg.seed)
+        cells = plan_poison(cfg, settings, fed)
+        if plan_only:
+            show_plan(cells)
+            return
+        results = _run(cfg, fed, cells, settings, out, quiet)
+        summary = summarise_poison(results, out, settings.detector.separates_auc)
+    except Fedi2iError as exc:
+        fail(exc)
+    show_results(results)
+    console.print(summary["markdown"].split("## Poisoning: detection")[1] if not quiet else "")
+    console.print(f"outputs in [bold]{out}[/] (poisoning.md, quality.csv/json, detection.csv/json, figures/)")
+
+
+def _run(cfg, fed, cells: list[PoisonCell], settings, out: Path, quiet: bool) -> list[dict[str, Any]]:
+    if quiet:
+        return run_poison_matrix(cfg, fed, out, settings, cells)
+    rounds = settings.rounds or cfg.train.rounds
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[status]}"), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        matrix = progress.add_task("cells", total=len(cells), status="")
+        current = progress.add_task("rounds", total=rounds, status=cells[0].key if cells else "")
+        index = {"i": 0}
+
+        def on_round(done: int, entry: dict[str, Any]) -> None:
+            progress.update(current, completed=done)
+
+        def on_cell(cell: PoisonCell, result: dict[str, Any], reused: bool) -> None:
+            index["i"] += 1
+            mae = (result.get("unseen_mean") or {}).get("mae")
+            note = "reused" if reused else result["status"]
+            if result.get("collapsed"):
+                note = "collapsed"
+            progress.update(matrix, advance=1, status=f"last: {cell.key} ({note}"
+                            + (f", unseen MAE {mae:.0f} HU)" if mae is not None else ")"))
+            following = cells[index["i"]].key if index["i"] < len(cells) else ""
+            progress.update(current, completed=0, status=following)
+
+        return run_poison_matrix(cfg, fed, out, settings, cells, on_cell=on_cell, on_round=on_round)
+
+
+def show_plan(cells: list[PoisonCell]) -> None:
+    table = Table(title=f"poisoning matrix: {len(cells)} cells")
+    for col in ("key", "malicious", "strength", "rule tolerates", "note"):
+        table.add_column(col)
+    for c in cells:
+        table.add_row(c.key, " ".join(c.malicious) or "-", ", ".join(f"{k}={v:g}" for k, v in c.strength.items()) or "-",
+                      str(c.tolerates), c.skip_reason or "")
+    console.print(table)
+
+
+def show_results(results: list[dict[str, Any]]) -> None:
+    table = Table(title="poisoning matrix: unseen-centre and honest-centre quality")
+    for col in ("cell", "malicious", "unseen MAE", "unseen PSNR", "unseen SSIM", "honest MAE", "flagged"):
+        table.add_column(col)
+    for r in results:
+        um, hm = r.get("unseen_mean") or {}, r.get("honest_mean") or {}
+        if r["status"] == "skipped":
+            table.add_row(r["key"], "-", "skipped", "", "", "", "")
+            continue
+        if r.get("collapsed"):
+            table.add_row(r["key"], " ".join(r["malicious"]), f"collapsed (round {r['collapsed_round']})", "", "", "",
+                          " ".join(r["detector"]["flagged"]))
+            continue
+        fmt = lambda d, k, p: "n/a" if d.get(k) is None else f"{d[k]:.{p}f}"  # noqa: E731
+        table.add_row(r["key"], " ".join(r["malicious"]) or "-", fmt(um, "mae", 1), fmt(um, "psnr", 2),
+                      fmt(um, "ssim", 3), fmt(hm, "mae", 1), " ".join(r["detector"]["flagged"]) or "-")
+    console.print(table)

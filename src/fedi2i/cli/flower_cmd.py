@@ -1,0 +1,141 @@
+"""``fedi2i flower``: deployment files for a Flower federation, and a loopback try-out.
+
+``fedi2i flower config`` writes (or prints) the Flower app, Flower's connection file and the commands
+the server and each hospital run. ``fedi2i flower local`` starts one SuperLink and one SuperNode per
+training centre on 127.0.0.1, runs the config on them and stops every process it started.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from fedi2i.cli.app import app, console, fail, load_cli_config, parse_overrides, setup_logging
+from fedi2i.errors import Fedi2iError
+from fedi2i.fl.flower import deploy
+
+flower_app = typer.Typer(help="Run the federation on Flower: each hospital a SuperNode (needs fedi2i[flower]).",
+                         no_args_is_help=True)
+
+_CONFIG = typer.Option("tiny", "--config", "-c", help="Preset name (quick, paper, tiny) or YAML file.")
+_SET = typer.Option(None, "--set", help="Override any config key: --set train.rounds=3")
+
+
+def _fail(exc: Fedi2iError) -> None:
+    """Like ``fail``, with brackets such as ``fedi2i[flower]`` shown as typed, not read as markup."""
+    fail(Fedi2iError(escape(str(exc))))
+
+
+def _config(config: str, set_: Optional[list[str]], secagg: bool, rounds: Optional[int]):  # noqa: ANN202
+    overrides = parse_overrides(set_)
+    if secagg:
+        overrides["secagg.enabled"] = True
+    if rounds is not None:
+        overrides["train.rounds"] = rounds
+    return load_cli_config(config, overrides)
+
+
+@flower_app.command("config")
+def config_command(
+    config: str = _CONFIG,
+    out: Optional[Path] = typer.Option(None, help="Folder to write app/, flwr-home/config.toml and "
+                                                  "commands.txt into (default: print them)."),
+    superlink: str = typer.Option("127.0.0.1:8000", help="SuperLink address host:port as nodes and flwr reach it."),
+    run_dir: Path = typer.Option(Path("runs/flower"), help="Run folder on the server machine (absolute; a "
+                                                           "relative one is taken from the SuperLink's folder)."),
+    insecure: bool = typer.Option(False, "--insecure", help="No TLS (loopback try-outs only)."),
+    root_certificates: Optional[Path] = typer.Option(None, help="CA certificate the nodes and flwr trust."),
+    secagg: bool = typer.Option(False, "--secagg", help="Secure aggregation."),
+    rounds: Optional[int] = typer.Option(None, help="Override the number of rounds."),
+    set_: Optional[list[str]] = _SET,
+) -> None:
+    """Write or print the Flower app, the connection file and the SuperLink / SuperNode commands."""
+    try:
+        cfg = _config(config, set_, secagg, rounds)
+        host, _, port = superlink.rpartition(":")
+        if not host or not port.isdigit():
+            raise Fedi2iError(f"--superlink expects host:port, got {superlink!r}")
+        pyproject = deploy.app_pyproject(cfg, run_dir)
+        connection = deploy.connection_toml(superlink, insecure=insecure, root_certificates=root_certificates)
+        link = deploy.superlink_command("0.0.0.0", int(port), insecure=insecure,
+                                        certfile=None if insecure else "server.pem",
+                                        keyfile=None if insecure else "server.key",
+                                        ca_certfile=None if insecure else "ca.pem", node_auth=not insecure)
+        nodes = [deploy.supernode_command(superlink, c, f"/data/{c}", runtime_port=9094, insecure=insecure,
+                                          root_certificates=None if insecure else "ca.pem",
+                                          auth_private_key=None if insecure else f"node_{c}.key")
+                 for c in cfg.data.train_centres]
+    except Fedi2iError as exc:
+        _fail(exc)
+    commands = "\n".join([
+        "# on the server machine", _shell(link), "",
+        *[line for c, cmd in zip(cfg.data.train_centres, nodes) for line in (f"# at centre {c}", _shell(cmd), "")],
+        "# on the machine that starts the run (FLWR_HOME holds config.toml)",
+        "flwr run app fedi2i --stream"])
+    if out is None:
+        console.print("[bold]app/pyproject.toml[/]", markup=True)
+        console.print(pyproject, markup=False, highlight=False)
+        console.print("[bold]$FLWR_HOME/config.toml[/]")
+        console.print(connection, markup=False, highlight=False)
+        console.print(commands, markup=False, highlight=False)
+    else:
+        deploy.write_app(out / "app", cfg, run_dir)
+        (out / "flwr-home").mkdir(parents=True, exist_ok=True)
+        (out / "flwr-home" / "config.toml").write_text(connection)
+        (out / "commands.txt").write_text(commands + "\n")
+        console.print(f"wrote {out / 'app' / 'pyproject.toml'}, {out / 'flwr-home' / 'config.toml'} and "
+                      f"{out / 'commands.txt'} (see docs/deployment.md)")
+    try:
+        deploy.require_flower()
+    except deploy.FlowerUnavailable as exc:
+        console.print(f"[yellow]note:[/] {escape(str(exc))}")
+
+
+def _shell(cmd: list[str]) -> str:
+    import shlex
+
+    return " ".join(shlex.quote(Path(c).name if i == 0 else c) for i, c in enumerate(cmd))
+
+
+@flower_app.command("local")
+def local_command(
+    config: str = _CONFIG,
+    out: Path = typer.Option(Path("runs/flower-local"), help="Run folder (resumed if it holds a checkpoint)."),
+    data: Optional[Path] = typer.Option(None, help="Dataset folder every local node reads its centre from "
+                                                   "(default: the built-in dataset, built on first use)."),
+    secagg: bool = typer.Option(False, "--secagg", help="Secure aggregation over Flower."),
+    rounds: Optional[int] = typer.Option(None, help="Override the number of rounds."),
+    workdir: Optional[Path] = typer.Option(None, help="Where Flower's home, the app and the process logs go."),
+    timeout: float = typer.Option(1800.0, help="Seconds to wait for the run."),
+    set_: Optional[list[str]] = _SET,
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Start a SuperLink and one SuperNode per training centre on 127.0.0.1, run, stop everything."""
+    setup_logging(verbose)
+    try:
+        deploy.require_flower()
+        cfg = _config(config, set_, secagg, rounds)
+        if data is not None:
+            cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"root": data})})
+        console.print(f"starting a SuperLink and {len(cfg.data.train_centres)} SuperNodes on 127.0.0.1 ...")
+        result = deploy.run_local(cfg, out, data_root=data, workdir=workdir, timeout=timeout)
+    except Fedi2iError as exc:
+        _fail(exc)
+    table = Table(title=f"Flower run {result.flower.run_id} ({result.flower.status})")
+    for col in ("round", "seconds", "survivors", "exchanges"):
+        table.add_column(col)
+    for entry in result.history:
+        stages = [k for k, v in entry.get("flower", {}).items() if isinstance(v, dict)]
+        table.add_row(str(entry["round"]), f"{entry['round_seconds']:.1f}", ",".join(entry["survivors"]),
+                      str(len(stages)))
+    console.print(table)
+    console.print(f"start-up {result.startup_seconds:.1f} s, run {result.flower.seconds:.1f} s; outputs in "
+                  f"[bold]{result.run_dir}[/] (checkpoint.pt, history.json, record/, model.pt); every Flower "
+                  "process was stopped")
+
+
+app.add_typer(flower_app, name="flower")

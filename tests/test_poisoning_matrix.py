@@ -1,0 +1,108 @@
+"""The poisoning matrix end to end on the tiny phantom: robust aggregation, detector, resume, outputs, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from fedi2i.attacks.poisoning import plan_poison, run_poison_matrix, summarise_poison
+from fedi2i.config import Config
+
+POISON = {"attacks": ["update_noise"], "levels": ["huge"], "update_noise": {"huge": 1000.0},
+          "n_malicious": [1], "malicious": ["A"], "rules": ["fedavg", "fedmedian"], "rounds": 3,
+          "eval_every": 3}
+
+
+def _config(tiny_config: Config) -> Config:
+    # a few larger steps, so that the model learns (unseen MAE ~500 HU, untrained ~1000) in seconds
+    train = tiny_config.train.model_copy(update={"local_steps": 6, "lr": 0.02})
+    return tiny_config.model_copy(update={"attacks": {"poison": POISON}, "train": train})
+
+
+@pytest.fixture(scope="module")
+def matrix(tmp_path_factory: pytest.TempPathFactory, phantom_root: Path, tiny_data) -> tuple:
+    from fedi2i.config import load_config
+
+    cfg = _config(load_config("tiny", {"data.root": str(phantom_root)}))
+    out = tmp_path_factory.mktemp("poison")
+    results = run_poison_matrix(cfg, tiny_data, out)
+    return cfg, out, {r["key"]: r for r in results}
+
+
+def _mae(result: dict) -> float:
+    return float("inf") if result["collapsed"] or result["unseen_mean"]["mae"] is None else result["unseen_mean"]["mae"]
+
+
+def test_huge_noise_ruins_fedavg_not_the_median(matrix: tuple) -> None:
+    _, _, res = matrix
+    assert set(res) == {"fedavg__baseline", "fedavg__update_noise__huge__m1",
+                        "fedmedian__baseline", "fedmedian__update_noise__huge__m1"}
+    clean_avg, bad_avg = _mae(res["fedavg__baseline"]), _mae(res["fedavg__update_noise__huge__m1"])
+    clean_med, bad_med = _mae(res["fedmedian__baseline"]), _mae(res["fedmedian__update_noise__huge__m1"])
+    assert clean_avg < 800 and clean_med < 800  # both rules learn without an attack
+    assert bad_avg > clean_avg + 200  # FedAvg is ruined (or collapses outright)
+    assert abs(bad_med - clean_med) < 0.15 * clean_med  # the median shrugs one malicious centre off
+    assert bad_med < bad_avg
+
+
+def test_detector_flags_attacker_but_not_honest_centres(matrix: tuple) -> None:
+    _, _, res = matrix
+    # the phantom centres differ by scanner (MRI gain, contrast, noise, CT noise/offset): honest heterogeneity
+    assert res["fedmedian__update_noise__huge__m1"]["detector"]["flagged"] == ["A"]
+    assert res["fedmedian__baseline"]["detector"]["flagged"] == []
+    assert res["fedavg__baseline"]["detector"]["flagged"] == []
+
+
+def test_results_are_json_with_quality_and_history(matrix: tuple) -> None:
+    _, out, res = matrix
+    r = res["fedmedian__update_noise__huge__m1"]
+    on_disk = json.loads((out / "cells" / "fedmedian__update_noise__huge__m1.json").read_text())
+    assert on_disk["unseen_mean"] == r["unseen_mean"] and set(r["unseen"]) == {"E"}
+    assert set(r["honest"]) == {"B", "C", "D"} and set(r["malicious_centres"]) == {"A"}
+    assert set(r["unseen_mean"]) == {"mae", "psnr", "ssim"}
+    assert Path(r["history_path"]).exists() and r["val_curve"][-1]["round"] == 3
+
+
+def test_rerun_skips_finished_cells(matrix: tuple, tiny_data) -> None:
+    cfg, out, res = matrix
+    seen = []
+    again = run_poison_matrix(cfg, tiny_data, out, on_cell=lambda cell, result, reused: seen.append(reused))
+    assert seen == [True] * 4 and {r["key"]: r["unseen_mean"] for r in again} == {k: v["unseen_mean"] for k, v in res.items()}
+    changed = cfg.model_copy(update={"attacks": {"poison": {**POISON, "update_noise": {"huge": 999.0}}}})
+    cells = [c for c in plan_poison(changed, data=tiny_data) if c.attack == "none"]
+    reused = []
+    run_poison_matrix(changed, tiny_data, out, cells=cells, on_cell=lambda c, r, u: reused.append(u))
+    assert reused == [True, True]  # the baselines do not depend on the attack's strength
+
+
+def test_summary_tables_and_figures(matrix: tuple) -> None:
+    _, out, res = matrix
+    summary = summarise_poison(list(res.values()), out / "summary")
+    for name in ("quality.csv", "quality.json", "detection.csv", "detection.json", "poisoning.md", "summary.json"):
+        assert (out / "summary" / name).stat().st_size > 50
+    assert len(summary["figures"]) == 4
+    for fig in summary["figures"]:
+        assert (out / "summary" / fig).stat().st_size > 5000
+    assert "| fedmedian | 1 |" in summary["markdown"]
+    det = json.loads((out / "summary" / "detection.json").read_text())
+    assert det["attacks"]["update_noise"]["by_level"]["huge"]["all"]["auc"] == 1.0
+
+
+def test_cli_reuses_cells_and_writes_outputs(matrix: tuple, tmp_path: Path) -> None:
+    import fedi2i.cli.attack_poison  # noqa: F401  (registers the command)
+    from fedi2i.cli.app import app
+
+    cfg, out, _ = matrix
+    path = tmp_path / "poison.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    result = CliRunner().invoke(app, ["attack", "poison", "--config", str(path), "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "reused" not in result.output and (out / "poisoning.md").exists()
+    assert "| fedmedian | 1 |" in (out / "poisoning.md").read_text()
+    bad = CliRunner().invoke(app, ["attack", "poison", "--config", str(path), "--out", str(out), "--quiet",
+                                   "--set", "attacks.poison.levels=[nope]"])
+    assert bad.exit_code == 2 and "no value for" in bad.output and "nope" in bad.output
