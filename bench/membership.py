@@ -26,7 +26,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--per-patient", type=int, default=6, help="candidate slices per patient")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy 2-core box)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (on a busy 2-core machine one thread is much faster than two)")
     args = parser.parse_args()
     cfg, data = quick_phantom(patients_per_centre=6, overrides={
         "train.rounds": args.rounds, "federation.eval_every": 0, "federation.record_rounds": "all",

@@ -1,4 +1,4 @@
-"""What the poisoning study costs: one matrix cell at the quick preset's size, and the detector's share.
+"""What the poisoning study costs (usage: poisoning_detector.py [rounds] [threads]): one matrix cell at the quick preset's size, and the detector's share.
 
 Runs one attacked cell (FedMedian, one malicious centre with medium data noise) on a phantom federation
 of the quick preset's size and prints, side by side: wall time per round, time the server spends
@@ -38,9 +38,13 @@ def detector_vs_median(numel: int, n_clients: int = 4, repeats: int = 5) -> tupl
     return min(det), min(med)
 
 
-def main(rounds: int = 2) -> None:
-    cfg, data = quick_phantom(overrides={"attacks.poison": {"rounds": rounds, "rules": ["fedmedian"],
-                                                             "levels": ["medium"], "n_malicious": [1]}})
+def main(rounds: int = 2, threads: int | None = None) -> None:
+    overrides = {"attacks.poison": {"rounds": rounds, "rules": ["fedmedian"], "levels": ["medium"], "n_malicious": [1]}}
+    if threads is not None:  # on a shared machine 1 thread can be much faster than oversubscribed 2
+        overrides["train.threads"] = threads
+    cfg, data = quick_phantom(overrides=overrides)
+    if threads is not None:
+        torch.set_num_threads(threads)
     settings = load_poison_settings(cfg)
     cell = next(c for c in plan_poison(cfg, settings, data) if c.attack == "data_noise")
     out = Path(tempfile.mkdtemp(prefix="fedi2i-bench-poison-"))
@@ -60,4 +64,4 @@ def main(rounds: int = 2) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 2)
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 2, int(sys.argv[2]) if len(sys.argv) > 2 else None)

@@ -31,6 +31,7 @@ def _config(tiny_config: Config, secure: bool) -> Config:
     return tiny_config.model_copy(update={k: getattr(tiny_config, k).model_copy(update=v) for k, v in sections.items()})
 
 
+@pytest.mark.timeout(1500)  # ~1.5 min of CPU; much longer in wall time on a shared, loaded machine
 def test_flower_deployment_matches_the_engine(tiny_config: Config, tiny_data, phantom_root: Path,
                                               tmp_path: Path) -> None:
     data = dataclasses.replace(tiny_data, train={c: tiny_data.train[c] for c in CENTRES},

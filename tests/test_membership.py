@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
-from fedi2i.attacks.membership import (MembershipSettings, build_candidates, collect_signals, run_membership,
-                                       score_methods, settings_from_config)
+from fedi2i.attacks.membership import (MembershipSettings, Signals, build_candidates, collect_signals,
+                                       run_membership, score_methods, settings_from_config)
 from fedi2i.attacks.membership.candidates import check_disjoint
 from fedi2i.attacks.membership.evaluation import bootstrap_auc, weighted_auc
 from fedi2i.attacks.membership.fedmia import fedmia_scores
@@ -98,7 +98,8 @@ def test_members_and_nonmembers_never_share_a_patient(tiny_data) -> None:
     members = {p for p, c in cands.member_of.items() if c is not None}
     outsiders = set(cands.nonmembers())
     assert members == set(tiny_data.split.all_train()) and not members & outsiders
-    assert outsiders == {p for g in (tiny_data.split.val, tiny_data.split.test) for ps in g.values() for p in ps}
+    held_out = (tiny_data.split.val, tiny_data.split.test)
+    assert outsiders == {p for split in held_out for pids in split.values() for p in pids}
     assert set(cands.slices.patient) == members | outsiders
     assert max(cands.slices.patient.count(p) for p in cands.patients) == 3
     for centre in tiny_data.split.train:
@@ -207,7 +208,8 @@ def test_fedmia_detects_the_memorising_centre(toy) -> None:
 
 def test_run_membership_writes_results(toy, tmp_path: Path) -> None:
     run_dir, data = toy
-    settings = MembershipSettings(methods=["fedmia-loss", "loss-global"], max_slices_per_patient=2, bootstrap=20)
+    settings = MembershipSettings(methods=["fedmia-loss", "loss-global"], max_slices_per_patient=2,
+                                  bootstrap=20)
     result = run_membership(run_dir, data, settings, out_dir=tmp_path)
     on_disk = json.loads((tmp_path / "membership.json").read_text())
     assert on_disk["methods"]["fedmia-loss"]["centres"]["A"]["slice"]["auc"] == \
@@ -220,9 +222,14 @@ def test_run_membership_writes_results(toy, tmp_path: Path) -> None:
     assert "fedmia-loss | slice" in (tmp_path / "membership.md").read_text()
     assert (tmp_path / "membership.csv").read_text().count("\n") == 1 + 2 * 4 * 2
     assert (tmp_path / "roc_fedmia-loss.png").stat().st_size > 5000
-    # same seed, same numbers
+    # same seed, same numbers; the saved signals re-score to the same result
     again = run_membership(run_dir, data, settings)
     assert again["methods"] == result["methods"]
+    sig = Signals.load(tmp_path / "signals.npz")
+    cands = build_candidates(data, 2, settings.seed)
+    assert sig.loss_target.shape == (2, 4, len(cands)) and sig.cos_target is None
+    rescored, _ = score_methods(sig, cands, sig.clients, settings)
+    assert rescored["fedmia-loss"] == result["methods"]["fedmia-loss"]
 
 
 def test_wrong_data_is_refused(toy, tiny_data) -> None:
@@ -267,7 +274,7 @@ def test_cli_attack_membership(phantom_root: Path, tmp_path: Path) -> None:
     from fedi2i.cli import app
 
     cfg = load_config("tiny", {"data.root": str(phantom_root), "train.rounds": 1, "train.threads": 1,
-                               "federation.eval_every": 0})
+                               "data.slice_stride": 3, "federation.eval_every": 0})
     train(cfg, tmp_path / "run")
     runner = CliRunner()
     out = runner.invoke(app, ["attack", "membership", "--run", str(tmp_path / "run"), "-m", "fedmia-loss",

@@ -175,3 +175,31 @@ def test_detection_table_roc_per_level() -> None:
     assert low["auc"] == pytest.approx(3 / 5) and low["detection_rate"] == 0.0
     assert entry["stops_separating_at"] == "low" and entry["not_separated"] == ["low"]
     assert table["baseline_false_alarm_rate"] == 0.0 and math.isclose(high["auc_per_round"][0], 1.0)
+
+
+def test_weight_mask_leaves_out_batchnorm_statistics(tiny_config: Config) -> None:
+    from fedi2i.attacks.poisoning.detector import weight_mask
+    from fedi2i.fl.params import ParamSpec
+    from fedi2i.models import build_unet
+
+    model = build_unet(tiny_config.model)
+    mask = weight_mask(model)
+    spec = ParamSpec.from_module(model)
+    assert mask.numel() == spec.numel
+    assert int(mask.sum()) == sum(p.numel() for p in model.parameters())
+    offset = 0
+    for name, size in zip(spec.names, spec.sizes):
+        assert bool(mask[offset:offset + size].all()) != ("running_" in name)
+        offset += size
+
+
+def test_detector_sees_sign_flip_and_scaling() -> None:
+    gen = torch.Generator().manual_seed(1)
+    for attack, strength in (("sign_flip", {"factor": 1.0}), ("scale", {"factor": 10.0})):
+        detector = UpdateDetector()
+        poison = update_transform(attack, strength)
+        for r in range(4):
+            updates = _toy_round(gen, 0.0)
+            updates["C"].delta = poison(updates["C"].delta, gen)
+            detector(r, torch.zeros(4000), updates)
+        assert detector.flagged() == ["C"], attack

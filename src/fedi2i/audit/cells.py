@@ -57,19 +57,21 @@ def _membership_action(ctx: AuditContext, defence: str):
 
 
 def _inversion_cells(ctx: AuditContext) -> list[AuditCell]:
-    from fedi2i.attacks.inversion.run import load_inversion_settings, plan_inversion, run_inversion_cell
+    """Trained-model cells attack the FedAvg baseline's final model; early-round cells need no run."""
+    from dataclasses import asdict
 
-    settings = load_inversion_settings(ctx.config)
+    from fedi2i.attacks.inversion import InversionSettings, plan_inversion, run_inversion_cell
+
+    settings = InversionSettings.from_config(ctx.config)
     cells = []
     for cell in plan_inversion(settings):
-        base = cell.base_run if getattr(cell, "base_run", None) else None
-        needs = [train_key(base)] if base else []
+        trained = cell.stage == "trained"
 
-        def action(cell=cell, base=base) -> dict[str, Any]:
+        def action(cell=cell, trained=trained) -> dict[str, Any]:
             return run_inversion_cell(ctx.config, ctx.data, cell, ctx.out_dir / "inversion",
-                                      base_run_dir=ctx.run_dir(base) if base else None)
+                                      base_run_dir=ctx.run_dir("none") if trained else None, settings=settings)
         cells.append(AuditCell(key=f"inversion/{cell.key}", kind="inversion", title=f"inversion {cell.key}",
-                               needs=needs, params=cell.as_dict(), action=action))
+                               needs=[train_key("none")] if trained else [], params=asdict(cell), action=action))
     return cells
 
 
@@ -82,7 +84,7 @@ def _poison_cells(ctx: AuditContext) -> list[AuditCell]:
         def action(cell=cell) -> dict[str, Any]:
             return run_poison_cell(ctx.config, ctx.data, cell, ctx.out_dir / "poison")
         cells.append(AuditCell(key=f"poison/{cell.key}", kind="poison", title=f"poison {cell.key}",
-                               params=cell.as_dict() if hasattr(cell, "as_dict") else {}, action=action))
+                               params=cell.as_dict(), action=action))
     return cells
 
 

@@ -48,8 +48,8 @@ def stage_progress(enabled: bool) -> Iterator[ProgressFn | None]:
 @attack_app.command("membership")
 def membership_command(
     run: Path = typer.Option(..., "--run", help="Trained run folder (holds record/ and config.yaml)."),
-    method: Optional[list[str]] = typer.Option(None, "--method", "-m",
-                                               help=f"Method(s), repeatable: {'|'.join(METHODS)} (default: all)."),
+    method: Optional[list[str]] = typer.Option(
+        None, "--method", "-m", help=f"Method(s), repeatable: {'|'.join(METHODS)} (default: all)."),
     out: Optional[Path] = typer.Option(None, help="Output folder (default: RUN/attacks/membership)."),
     rounds: Optional[str] = typer.Option(None, help="Recorded rounds to use: all or a comma list."),
     max_slices: Optional[int] = typer.Option(None, "--max-slices", help="Candidate slices per patient."),

@@ -2,32 +2,32 @@
 
 What it does differently from DLG / Inverting Gradients, and why (DESIGN.md section 6):
 
-* **Residual parameterisation.** The unknowns are the MRI x and the residual r = f(x) - CT at the
-  global model, not the CT itself. For an MSE loss the weight gradient is linear in r, so the match is a
-  well-conditioned problem in r; the CT is then f(x) - r. The distance has a norm term, since the
-  scale of the update is the scale of r (a cosine alone would not see it).
-* **L1 sign relaxation.** With an L1 loss the gradient holds only sign(r): the loss is replaced by the
-  smooth tau * log cosh(r / tau) (its gradient is tanh(r / tau)), tau annealed geometrically towards
-  zero so the relaxed loss becomes the L1 the client used. The sign field says on which side of the
-  model's prediction the CT lies; the CT estimate is the middle of that side within the CT range,
-  i.e. (f(x) + 1) / 2 where CT > f(x) and (f(x) - 1) / 2 where CT < f(x), the estimate with the smallest
-  worst-case error given only the sign and the box.
-* **BatchNorm.** In train mode BatchNorm makes the gradient invariant to x -> a x + b: the intensity is
-  fixed by (i) the box the known percentile normalisation implies and (ii) the running-statistics
-  deltas, which leak each layer's batch mean and variance (the first layer's pin down a and b). The
-  simulated update includes those deltas and matches them (``bn_weight``).
+* **Both images are unknown, coupled through the residual.** The client's weight gradient depends on
+  the CT y only through the residual r = f(x) - y: linearly for MSE, through sign(r) for L1. The
+  attacker's unknowns are the MRI x and the CT y, and the replay computes r from them, so the residual
+  (and for L1 its sign field) follows the candidate MRI instead of being an independent free field:
+  with a free residual a wrong MRI is explained away by a matching wrong residual.
+* **L1 sign relaxation.** The L1 loss is replaced by the smooth tau * log cosh(r / tau) (gradient
+  tanh(r / tau)), tau annealed geometrically towards zero so the relaxed loss becomes the client's L1;
+  without it the CT receives no gradient at all (DLG's failure).
+* **A label model first.** At the coarse levels the CT is tanh(a * f(x) + b) with two scalars per
+  image: a = 0 is a constant CT (right for an untrained model, whose prediction is far from any CT),
+  a = 1, b = 0 is the model's own prediction (right for a trained model). Only at full size does the
+  CT become free per pixel, so the early solve is about the MRI.
+* **Coarse-to-fine.** The MRI is first solved at 1/2**(levels-1) of the size with L-BFGS (few
+  variables, a smoother landscape), each level's answer upsampled to start the next, then Adam refines
+  MRI and CT at full size. From a random full-size start the same budget ends in far worse local
+  minima (bench/inversion.py measures both).
+* **The distance.** Cosine over the weights (robust, as Inverting Gradients found) plus a log-norm
+  term (the scale a cosine ignores: for MSE the size of the residual) plus a relative L2 on the
+  BatchNorm running-statistics deltas. Under DP clipping the norm carries nothing and is left out.
+* **BatchNorm.** In train mode BatchNorm makes the gradient nearly invariant to x -> a x + b: the
+  intensity is fixed by the box the known percentile normalisation implies and by the running-statistic
+  deltas, which leak each layer's batch mean and variance (the first layer's pin down a and b).
 * **The federation's structure.** Several local steps are unrolled with the observed optimiser; an
   aggregate is replayed client by client (own BatchNorm batch, own weight), as secure aggregation
   really sums them.
-* Coarse-to-fine: the MRI and the residual are first solved at 1/2**(levels-1) of the size, then each
-  level's answer, upsampled, starts the next (L-BFGS per level: few variables, a smoother landscape),
-  then Adam refines at full size. From a random start at full size the same budget gets caught in far
-  worse local minima (bench/inversion.py shows both).
-* The distance: cosine over the weights (robust, as Inverting Gradients found) plus a log-norm term
-  (the scale a cosine ignores: for MSE it is the size of the residual) plus relative L2 on the BatchNorm
-  running statistics; under DP clipping the norm carries nothing and is left out.
-* Box projection from the known normalisation, TV prior, restarts picked by the objective (never by
-  the truth).
+* TV prior on the MRI, box projection, restarts picked by the objective (never by the truth).
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from fedi2i.attacks.inversion.base import (CT_BOX, Progress, Reconstruction, Tra
 from fedi2i.attacks.inversion.observation import Observation
 from fedi2i.attacks.inversion.replay import LocalReplay, SimulatedUpdate
 from fedi2i.attacks.inversion.settings import I2ISettings
+from fedi2i.data.slices import ct_to_unit
 
 
 def log_cosh(r: torch.Tensor, tau: float) -> torch.Tensor:
@@ -51,7 +52,7 @@ def log_cosh(r: torch.Tensor, tau: float) -> torch.Tensor:
 
 
 class _Problem:
-    """The attacker's objective on candidate (MRI x, residual r) and how it turns them into losses."""
+    """The attacker's objective on candidate (MRI x, CT y)."""
 
     def __init__(self, obs: Observation, settings: I2ISettings, mr_box: tuple[float, float]) -> None:
         self.obs, self.settings, self.mr_box = obs, settings, mr_box
@@ -67,29 +68,25 @@ class _Problem:
     def _part(self, v: torch.Tensor, k: int) -> torch.Tensor:
         return v[self.rows[k]] if len(self.rows) > 1 else v
 
-    def simulate(self, x: torch.Tensor, r: torch.Tensor) -> SimulatedUpdate:
-        labels: dict[int, torch.Tensor] = {}
-
-        def loss(k: int, pred: torch.Tensor, t: int) -> torch.Tensor:
-            r0 = self._part(r, k)
-            if t == 0:
-                # value r0, weight-gradient through the prediction: exactly what the client computed
-                residual = pred - pred.detach() + r0
-            else:
-                if k not in labels:  # CT = f_global(x) - r0, fixed over the local steps
-                    labels[k] = self.replay.predict(self._part(x, k)) - r0
-                residual = pred - labels[k]
+    def simulate(self, x: torch.Tensor, y: torch.Tensor) -> SimulatedUpdate:
+        """Replay every client's local training on its rows of (x, y)."""
+        def loss(k: int, pred: torch.Tensor, _t: int) -> torch.Tensor:
+            residual = pred - self._part(y, k)
             if self.obs.loss == "mse":
                 return (residual ** 2).mean()
             return log_cosh(residual, self.tau).mean()
 
         return replay_groups(self.replay, self.obs, x, loss)
 
-    def match(self, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """The global model's train-mode prediction, client by client (differentiable in x only)."""
+        return torch.cat([self.replay.predict(self._part(x, k)) for k in range(len(self.rows))])
+
+    def match(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Distance between the simulated and the observed update (no prior)."""
         self.evaluations += 1
         s = self.settings
-        sim = self.simulate(x, r)
+        sim = self.simulate(x, y)
         out = cosine_distance(sim.params, self.params)
         if s.bn_weight and self.buffers:
             out = out + s.bn_weight * relative_l2(sim.buffers, self.buffers, self.obs.clipped)
@@ -98,30 +95,23 @@ class _Problem:
             out = out + s.norm_weight * torch.log((norm + 1e-20) / (self.params_norm + 1e-20)) ** 2
         return out
 
-    def objective(self, x: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        match = self.match(x, r)
+    def objective(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        match = self.match(x, y)
         return match + self.settings.tv_weight * total_variation(x), match
 
     def box(self, z: torch.Tensor) -> torch.Tensor:
         lo, hi = self.mr_box
         return lo + (hi - lo) * torch.sigmoid(z)
 
-    def unbox(self, x: torch.Tensor) -> torch.Tensor:
-        lo, hi = self.mr_box
-        return torch.logit(((x - lo) / (hi - lo)).clamp(1e-3, 1 - 1e-3))
+    def ct_prior(self) -> float:
+        """The CT value (model scale) the label model starts from, as an unbounded tanh argument."""
+        unit = float(ct_to_unit(torch.tensor(self.settings.ct_init_hu)))
+        return math.atanh(max(min(unit, 0.99), -0.99))
 
-    @torch.no_grad()
-    def ct(self, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-        """The CT estimate: f(x) - r for MSE; the middle of the sign-feasible interval for L1."""
-        parts = []
-        for k in range(len(self.rows)):
-            xk, rk = self._part(x, k), self._part(r, k)
-            pred = self.replay.predict(xk).clamp(*CT_BOX)
-            if self.obs.loss == "mse":
-                parts.append(pred - rk)
-            else:
-                parts.append(torch.where(rk < 0, (pred + CT_BOX[1]) / 2, (pred + CT_BOX[0]) / 2))
-        return torch.cat(parts).clamp(*CT_BOX)
+    def project(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        with torch.no_grad():
+            x.clamp_(*self.mr_box)
+            y.clamp_(*CT_BOX)
 
 
 def _resize(v: torch.Tensor, size: int) -> torch.Tensor:
@@ -134,34 +124,39 @@ def pyramid(size: int, levels: int) -> list[int]:
     return [s for s in sizes if s >= 4]
 
 
-def _run_once(problem: _Problem, gen: torch.Generator, tracker: Tracker, start_iteration: int) -> tuple[float, torch.Tensor, torch.Tensor, int]:
-    """One restart: coarse-to-fine L-BFGS, then Adam at full size. Returns (match, x, r, iterations)."""
+def _run_once(problem: _Problem, gen: torch.Generator, tracker: Tracker,
+              start_iteration: int) -> tuple[float, torch.Tensor, torch.Tensor, int]:
+    """One restart: coarse-to-fine L-BFGS with the label model, then Adam at full size."""
     s, obs = problem.settings, problem.obs
     size, n = obs.image_size, obs.items
     levels = pyramid(size, s.levels)
     total = len(levels) * s.level_iterations + s.iterations
     first = levels[0] if levels else size
-    z = (0.1 * torch.randn(n, 1, first, first, generator=gen))
-    r = (0.01 * torch.randn(n, 1, first, first, generator=gen))
-    it = start_iteration
-    done = 0
+    z = 0.1 * torch.randn(n, 1, first, first, generator=gen)
+    a = torch.zeros(n, 1, 1, 1)
+    b = torch.full((n, 1, 1, 1), problem.ct_prior())
+    it, done = start_iteration, 0
+    match_value = float("inf")
 
     def anneal() -> None:
-        progress = done / max(total - 1, 1)
-        problem.tau = s.tau_start * (s.tau_end / s.tau_start) ** min(progress, 1.0)
+        problem.tau = s.tau_start * (s.tau_end / s.tau_start) ** min(done / max(total - 1, 1), 1.0)
 
-    match_value = float("inf")
+    def label(x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(a * problem.predict(x) + b)
+
     for level in levels:
         z = _resize(z, level).detach().requires_grad_(True)
-        r = _resize(r, level).detach().requires_grad_(True)
-        optimiser = torch.optim.LBFGS([z, r], lr=1, max_iter=1, history_size=30, line_search_fn="strong_wolfe")
-        last: dict[str, torch.Tensor] = {}
+        a.requires_grad_(True)
+        b.requires_grad_(True)
+        optimiser = torch.optim.LBFGS([z, a, b], lr=1, max_iter=1, history_size=30, line_search_fn="strong_wolfe")
+        last: dict[str, float] = {}
 
         def closure() -> torch.Tensor:
             optimiser.zero_grad()
-            loss, match = problem.objective(problem.box(_resize(z, size)), _resize(r, size))
+            x = problem.box(_resize(z, size))
+            loss, match = problem.objective(x, label(x))
             loss.backward()
-            last["match"] = match.detach()
+            last["match"] = float(match.detach())
             return loss
 
         for _ in range(s.level_iterations):
@@ -169,29 +164,31 @@ def _run_once(problem: _Problem, gen: torch.Generator, tracker: Tracker, start_i
             optimiser.step(closure)
             done += 1
             it += 1
-            match_value = float(last.get("match", torch.tensor(float("nan"))))
-            tracker.step(it, match_value, lambda: (problem.box(_resize(z, size)), problem.ct(
-                problem.box(_resize(z, size)), _resize(r, size))))
+            match_value = last.get("match", float("nan"))
+            tracker.step(it, match_value, lambda: (problem.box(_resize(z, size)),
+                                                   label(problem.box(_resize(z, size))).detach()))
             if not math.isfinite(match_value):
                 break
-    x = problem.box(_resize(z, size)).detach().requires_grad_(True)
-    r = _resize(r, size).detach().requires_grad_(True)
-    optimiser = torch.optim.Adam([x, r], lr=s.lr)
+    with torch.no_grad():
+        x0 = problem.box(_resize(z, size))
+        y0 = label(x0) if levels else torch.tanh(b).expand(n, 1, size, size)
+    x = x0.detach().clone().requires_grad_(True)
+    y = y0.detach().clone().requires_grad_(True)
+    optimiser = torch.optim.Adam([x, y], lr=s.lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(s.iterations, 1), eta_min=s.lr * 0.01)
     for _ in range(s.iterations):
         anneal()
         optimiser.zero_grad()
-        loss, match = problem.objective(x, r)
+        loss, match = problem.objective(x, y)
         loss.backward()
         optimiser.step()
         scheduler.step()
-        with torch.no_grad():
-            x.clamp_(*problem.mr_box)
+        problem.project(x, y)
         done += 1
         it += 1
         match_value = float(match.detach())
-        tracker.step(it, match_value, lambda: (x, problem.ct(x, r)))
-    return match_value, x.detach(), r.detach(), it - start_iteration
+        tracker.step(it, match_value, lambda: (x, y))
+    return match_value, x.detach(), y.detach(), it - start_iteration
 
 
 def i2i_attack(obs: Observation, settings: I2ISettings, seed: int = 0, mr_box: tuple[float, float] = (-0.1, 1.5),
@@ -202,12 +199,12 @@ def i2i_attack(obs: Observation, settings: I2ISettings, seed: int = 0, mr_box: t
     best: tuple[float, torch.Tensor, torch.Tensor] | None = None
     iterations = 0
     for restart in range(settings.restarts):
-        match, x, r, its = _run_once(problem, seeded(seed, restart), tracker, iterations)
+        match, x, y, its = _run_once(problem, seeded(seed, restart), tracker, iterations)
         iterations += its
         if best is None or not math.isfinite(best[0]) or (math.isfinite(match) and match < best[0]):
-            best = (match, x, r)
+            best = (match, x, y)
     assert best is not None
-    match, x, r = best
-    return Reconstruction("i2i", x.clamp(*mr_box), problem.ct(x, r), match, iterations, tracker.seconds,
+    match, x, y = best
+    return Reconstruction("i2i", x.clamp(*mr_box), y.clamp(*CT_BOX), match, iterations, tracker.seconds,
                           tracker.history, tracker.snapshots,
                           {"restarts": settings.restarts, "evaluations": problem.evaluations})

@@ -34,11 +34,11 @@ def score(truth_mr: torch.Tensor, truth_ct: torch.Tensor, recon_mr: torch.Tensor
           recon_ct: torch.Tensor) -> dict[str, object]:
     """Mean SSIM/PSNR of MRI (normalised) and CT (HU) after optimal matching; per-item values too.
 
-    Tensors are [N, 1, H, W]; CTs in the model's [-1, 1] scale. Needs at least as many reconstructions
-    as true items.
+    Tensors are [N, 1, H, W]; CTs in the model's [-1, 1] scale. With more true items than
+    reconstructions (an update over many slices), each reconstruction is paired with a distinct best
+    true slice; ``assignment[i]`` is the reconstruction matched to the i-th matched true item, listed in
+    ``truth_index``.
     """
-    if len(recon_mr) < len(truth_mr):
-        raise ValueError(f"{len(recon_mr)} reconstructions for {len(truth_mr)} true items")
     t_mr, r_mr = truth_mr[:, 0].double().numpy(), recon_mr[:, 0].double().numpy()
     t_ct, r_ct = unit_to_hu(truth_ct[:, 0].double()).numpy(), unit_to_hu(recon_ct[:, 0].double()).numpy()
     mr_ssim, mr_psnr = _pairwise(t_mr, r_mr)
@@ -49,7 +49,7 @@ def score(truth_mr: torch.Tensor, truth_ct: torch.Tensor, recon_mr: torch.Tensor
         "mri_ssim": float(mr_ssim[pick].mean()), "mri_psnr": float(mr_psnr[pick].mean()),
         "ct_ssim": float(ct_ssim[pick].mean()), "ct_psnr": float(ct_psnr[pick].mean()),
         "mri_ssim_max": float(mr_ssim[pick].max()), "ct_ssim_max": float(ct_ssim[pick].max()),
-        "assignment": [int(c) for c in cols],
+        "assignment": [int(c) for c in cols], "truth_index": [int(r) for r in rows],
         "per_item": [{"mri_ssim": float(mr_ssim[r, c]), "mri_psnr": float(mr_psnr[r, c]),
                       "ct_ssim": float(ct_ssim[r, c]), "ct_psnr": float(ct_psnr[r, c])} for r, c in zip(rows, cols)],
     }

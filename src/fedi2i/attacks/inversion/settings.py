@@ -53,6 +53,7 @@ class I2ISettings(_Strict):
     norm_weight: float = Field(0.1, ge=0)  # weight of the update-norm term (the scale a cosine ignores)
     tau_start: float = Field(0.1, gt=0)  # L1 sign relaxation tanh(r / tau), annealed geometrically
     tau_end: float = Field(0.005, gt=0)
+    ct_init_hu: float = -500.0  # L1: where the CT unknown starts (between air and soft tissue)
     restarts: int = Field(1, ge=1)
 
 

@@ -10,9 +10,11 @@ no per-centre reference exists.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -47,6 +49,25 @@ class Signals:
     cos_target: np.ndarray | None = None
     gradnorm_target: np.ndarray | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+
+    ARRAYS = ("loss_target", "loss_global", "loss_final", "cos_target", "gradnorm_target")
+
+    def save(self, path: Path) -> None:
+        """Write the arrays (npz) so other settings can be scored without recomputing the signals."""
+        arrays = {k: getattr(self, k) for k in self.ARRAYS if getattr(self, k) is not None}
+        meta = json.dumps({"rounds": self.rounds, "clients": self.clients, "secure": self.secure,
+                           "seconds": self.seconds})
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez_compressed(tmp, meta=np.array(meta), **arrays)
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> "Signals":
+        with np.load(path) as z:
+            meta = json.loads(str(z["meta"]))
+            arrays = {k: z[k] for k in cls.ARRAYS if k in z.files}
+        return cls(rounds=meta["rounds"], clients=meta["clients"], secure=meta["secure"],
+                   seconds=meta["seconds"], **arrays)
 
     @property
     def target_source(self) -> str:

@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedi2i.attacks.membership.baselines import (phi, score_grad_cosine, score_grad_diff, score_grad_norm,
-                                                 score_loss, score_loss_global, score_loss_series)
-from fedi2i.attacks.membership.candidates import Candidates, build_candidates
+from fedi2i.attacks.membership.baselines import (score_grad_cosine, score_grad_diff, score_grad_norm, score_loss,
+                                                 score_loss_global, score_loss_series)
+from fedi2i.attacks.membership.candidates import OTHER_CENTRE, SAME_CENTRE, Candidates, build_candidates
 from fedi2i.attacks.membership.collect import Progress, Signals, collect_signals
 from fedi2i.attacks.membership.evaluation import evaluate_target
 from fedi2i.attacks.membership.fedmia import UNAVAILABLE_UNDER_SECAGG, score_fedmia_grad, score_fedmia_loss
@@ -37,6 +37,7 @@ SCORERS = {
     "grad-cosine": score_grad_cosine, "grad-diff": score_grad_diff,
 }
 RESULTS_JSON = "membership.json"
+SIGNALS_NPZ = "signals.npz"  # the raw signal arrays, candidate order as build_candidates(data, settings)
 
 
 def load_run_data(run_dir: Path) -> FederatedData:
@@ -80,29 +81,45 @@ def check_data_matches(record: ServerRecord, rounds: list[int], data: FederatedD
 
 
 def generalisation_gap(sig: Signals, cands: Candidates, clients: list[str]) -> dict[str, Any]:
-    """Mean per-slice loss of members vs held-out patients: how much there is to detect at all."""
+    """How much there is to detect: members vs held-out patients of the same centre.
+
+    ``target_model`` / ``final_global_model``: mean per-slice loss (training loss units) of members and
+    non-members. With a handful of patients per centre this raw gap is dominated by which patients are
+    harder, so ``calibrated`` gives the gap FedMIA-I sees: the mean log-ratio of the other centres' loss
+    to the target's loss (last round), for members minus same-centre non-members;
+    ``exp(gap) - 1`` is how much better the target's model fits its own patients than held-out ones.
+    """
     out: dict[str, Any] = {}
     for k, c in enumerate(clients):
         labels = cands.labels_for(c)
+        member, same = labels.label == 1, labels.group == SAME_CENTRE
         entry: dict[str, Any] = {}
         models = []
+        last = None
         if sig.loss_target is not None:
-            rows = sig.loss_target[:, k]
-            present = np.where(np.isfinite(rows).all(axis=1))[0]
+            present = np.where(np.isfinite(sig.loss_target[:, k]).all(axis=1))[0]
             if len(present):
-                models.append(("target_model", rows[present[-1]]))
+                last = int(present[-1])
+                models.append(("target_model", sig.loss_target[last, k]))
         if sig.loss_final is not None:
             models.append(("final_global_model", sig.loss_final))
         for name, loss in models:
             values = loss[labels.index]
-            member = float(values[labels.label == 1].mean())
-            block = {"member_loss": member}
-            for group in ("same_centre", "other_centre"):
+            block: dict[str, Any] = {"member_loss": float(values[member].mean())}
+            for group in (SAME_CENTRE, OTHER_CENTRE):
                 sel = labels.group == group
                 block[f"{group}_loss"] = float(values[sel].mean()) if sel.any() else None
-            same = block["same_centre_loss"]
-            block["same_centre_over_member"] = same / member if same is not None and member > 0 else None
             entry[name] = block
+        if last is not None and not sig.secure and same.any():
+            row = sig.loss_target[last][:, labels.index]
+            refs = [j for j in range(len(clients)) if j != k and np.isfinite(row[j]).all()]
+            if refs:
+                ratio = np.log(row[refs]).mean(0) - np.log(row[k])
+                gap = float(ratio[member].mean() - ratio[same].mean())
+                entry["calibrated"] = {
+                    "round": sig.rounds[last], "member_log_ratio": float(ratio[member].mean()),
+                    "same_centre_log_ratio": float(ratio[same].mean()), "gap": gap,
+                    "relative_fit": float(np.exp(gap) - 1)}
         out[c] = entry
     return out
 
@@ -145,7 +162,8 @@ def score_methods(sig: Signals, cands: Candidates, clients: list[str], settings:
         if centres:
             for level in ("slice", "patient"):
                 aucs = [v[level]["auc"] for v in centres.values()]
-                same = [v[level]["auc_same_centre"] for v in centres.values() if v[level]["auc_same_centre"] is not None]
+                same = [v[level]["auc_same_centre"] for v in centres.values()
+                        if v[level]["auc_same_centre"] is not None]
                 entry[f"{level}_auc_mean"] = float(np.mean(aucs))
                 entry[f"{level}_auc_range"] = [float(min(aucs)), float(max(aucs))]
                 entry[f"{level}_auc_same_centre_mean"] = float(np.mean(same)) if same else None
@@ -200,9 +218,11 @@ def csv_rows(result: dict[str, Any]) -> str:
 
 
 def write_outputs(result: dict[str, Any], curves: dict[str, dict[str, dict[str, np.ndarray]]],
-                  out_dir: Path) -> None:
+                  out_dir: Path, sig: Signals | None = None) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / RESULTS_JSON, result)
+    if sig is not None:
+        sig.save(out_dir / SIGNALS_NPZ)
     _write_text(out_dir / "membership.csv", csv_rows(result))
     _write_text(out_dir / "membership.md", markdown_table(result))
     subtitle = "secure aggregation: target = aggregate model" if result["secure"] else ""
@@ -244,5 +264,5 @@ def run_membership(run_dir: Path, data: FederatedData | None = None, settings: M
         "signal_seconds": sig.seconds, "methods": methods,
     }
     if out_dir is not None:
-        write_outputs(result, curves, Path(out_dir))
+        write_outputs(result, curves, Path(out_dir), sig)
     return result

@@ -15,6 +15,11 @@ largest of the three; the running score is their exponentially weighted mean ove
 (bias-corrected, so round 0 counts fully and later rounds weigh more), so one odd round among many is
 not enough. A centre is flagged while its running score exceeds ``threshold``.
 
+Only the trained weights are scored by default: BatchNorm running statistics in an update record the
+centre's own image statistics, i.e. exactly the scanner differences that must not be flagged, and late
+in training (small learning rate) they dominate the update and made an honest centre look like an
+outlier on the realistic heads.
+
 Like the median, it needs an honest majority: when half the centres are malicious and their updates look
 alike (same kind of corrupted data), nothing in the geometry of the updates tells which half is honest.
 
@@ -34,6 +39,7 @@ import torch.nn.functional as F
 
 from fedi2i.attacks.poisoning.settings import DetectorSettings
 from fedi2i.fl.client import ClientUpdate
+from fedi2i.fl.params import ParamSpec
 from fedi2i.fl.strategies import FedMedian
 
 FEATURES = ("size", "dist", "angle")
@@ -51,6 +57,14 @@ def update_features(deltas: dict[str, torch.Tensor]) -> dict[str, dict[str, floa
     return {c: {"size": math.log(float(norms[i])), "dist": math.log(float(dists[i])),
                 "angle": math.log(max(1.0 - float(cos[i]), 0.0) + 1e-6), "cos": float(cos[i])}
             for i, c in enumerate(ids)}
+
+
+def weight_mask(model: torch.nn.Module) -> torch.Tensor:
+    """Entries of the flat update vector that are trainable weights (not BatchNorm running statistics)."""
+    spec = ParamSpec.from_module(model)
+    trainable = {name for name, _ in model.named_parameters()}
+    return torch.cat([torch.full((size,), name in trainable, dtype=torch.bool)
+                      for name, size in zip(spec.names, spec.sizes)])
 
 
 def robust_z(values: dict[str, float], floor: float) -> dict[str, float]:
@@ -73,6 +87,7 @@ class UpdateDetector:
     """The monitor: call it with ``(round, global_vector, {cid: ClientUpdate})`` every round."""
 
     settings: DetectorSettings = field(default_factory=DetectorSettings)
+    include: torch.Tensor | None = None  # boolean mask of the update entries to score (None: all)
     running: dict[str, float] = field(default_factory=dict)
     _ewma: dict[str, float] = field(default_factory=dict)
     _weight: dict[str, float] = field(default_factory=dict)
@@ -82,7 +97,8 @@ class UpdateDetector:
         if len(updates) < 3:  # no majority to compare against: nothing to say this round
             self.history.append({"round": round_index, "skipped": f"{len(updates)} update(s)"})
             return
-        features = update_features({c: u.delta for c, u in updates.items()})
+        mask = self.include
+        features = update_features({c: u.delta if mask is None else u.delta[mask] for c, u in updates.items()})
         scores = round_scores(features, self.settings.scale_floor)
         a = self.settings.alpha
         for c, s in scores.items():

@@ -3,7 +3,7 @@
 A cell is one federated training run with some centres malicious, aggregated by one rule, watched by
 the detector, then evaluated on every centre's test patients and on the unseen centre. Cells are
 independent and each writes its result JSON atomically last, so an interrupted matrix resumes by
-skipping the cells whose JSON exists.
+skipping the cells whose JSON exists and was made with the same settings (its fingerprint).
 """
 
 from __future__ import annotations
@@ -18,13 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from fedi2i.attacks.poisoning.attacks import attack_options, select_malicious
-from fedi2i.attacks.poisoning.detector import UpdateDetector
+from fedi2i.attacks.poisoning.detector import UpdateDetector, weight_mask
 from fedi2i.attacks.poisoning.settings import PoisonSettings, RuleParams, load_poison_settings
 from fedi2i.config import Config, config_from_dict
 from fedi2i.data.federation import FederatedData, load_federation
 from fedi2i.errors import AggregationError, ConfigError
 from fedi2i.fl.engine import RoundCallback, write_json
 from fedi2i.fl.strategies import build_rule
+from fedi2i.models import build_unet
 from fedi2i.training import RunOptions, train
 
 METRICS = ("mae", "psnr", "ssim")
@@ -192,7 +193,8 @@ def _train_cell(config: Config, data: FederatedData, cell: PoisonCell, out_dir: 
                 settings: PoisonSettings, on_round: RoundCallback | None) -> dict[str, Any]:
     cfg = cell_config(config, settings, cell)
     data_t, update_t = attack_options(cell.attack, cell.strength, cell.malicious, settings.seed, settings.clip_ct)
-    detector = UpdateDetector(settings.detector)
+    mask = weight_mask(build_unet(cfg.model)) if settings.detector.weights_only else None
+    detector = UpdateDetector(settings.detector, include=mask)
     run_dir = cell_dir(out_dir, cell)
     history: list[dict[str, Any]] = []
 

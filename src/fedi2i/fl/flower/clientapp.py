@@ -216,7 +216,10 @@ def secagg_mask(msg: Message, context: Context) -> Message:
     if P.STATE_DELTA not in context.state:
         raise ConfigError("no pending update on this node: the round's training stage did not run here")
     delta = record_vector(context.state[P.STATE_DELTA], "pending update")
-    vector = weighted_input(delta, float(_round(msg)["weight"]))
+    weight = float(_round(msg)["weight"])
+    if not 0.0 < weight <= 1.0:
+        raise ConfigError(f"the server sent the FedAvg weight {weight}; a share n_k/N must lie in (0, 1]")
+    vector = weighted_input(delta, weight)
     reply = client.masked_input(record_secagg(msg.content, P.REC_SECAGG), vector)
     timer.lap("mask_s")
     del context.state[P.STATE_DELTA]

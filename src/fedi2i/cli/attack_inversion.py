@@ -1,0 +1,150 @@
+"""``fedi2i attack inversion``: gradient inversion (DLG, Inverting Gradients, I2I) on a recorded run."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from fedi2i.attacks.inversion import InversionSettings, verdict
+from fedi2i.attacks.inversion.base import Progress as ProgressFn
+from fedi2i.attacks.inversion.run import attack_recorded_round, run_inversion_grid
+from fedi2i.attacks.inversion.settings import METHODS
+from fedi2i.cli.app import attack_app, console, fail, parse_overrides, setup_logging
+from fedi2i.config import Config, load_config
+from fedi2i.errors import ConfigError, Fedi2iError, RecordError
+from fedi2i.fl.observer import ServerRecord
+
+
+@contextmanager
+def matching_progress(total: int, label: str, enabled: bool) -> Iterator[ProgressFn | None]:
+    """A rich bar over attack iterations showing the current matching loss."""
+    if not enabled:
+        yield None
+        return
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("matching loss {task.fields[loss]}"), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task(label, total=total, loss="-")
+
+        def tick(iteration: int, objective: float) -> None:
+            progress.update(task, completed=min(iteration, total), loss=f"{objective:.4g}")
+
+        yield tick
+
+
+def _budget(settings: InversionSettings, method: str) -> int:
+    s = settings.method(method)
+    if method == "i2i":
+        from fedi2i.attacks.inversion.i2i import pyramid
+
+        return (len(pyramid(64, s.levels)) * s.level_iterations + s.iterations) * s.restarts  # type: ignore[union-attr]
+    return s.iterations * getattr(s, "restarts", 1)
+
+
+@attack_app.command("inversion")
+def inversion_command(
+    run: Path = typer.Option(..., "--run", help="Run folder holding the curious-server record (record/)."),
+    client: Optional[str] = typer.Option(None, "--client", help="Centre whose update is attacked (default: first)."),
+    round_: Optional[int] = typer.Option(None, "--round", help="Recorded round to attack (default: the first)."),
+    method: str = typer.Option("i2i", "--method", "-m", help=f"Attack: {'|'.join(METHODS)}."),
+    iterations: Optional[int] = typer.Option(None, help="Attack iterations (default: from the config)."),
+    images: Optional[int] = typer.Option(None, help="Images to reconstruct per client (default: batch size)."),
+    seed: Optional[int] = typer.Option(None, help="Seed of the attack's random starts."),
+    grid: bool = typer.Option(False, "--grid", help="Run the whole threat grid (attacks.inversion settings) "
+                                                    "with RUN as the trained model; writes table.md."),
+    out: Optional[Path] = typer.Option(None, help="Output folder (default: RUN/attacks/inversion)."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override a setting: --set i2i.lr=0.02"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Rebuild a centre's training MRI and CT from its update, as a curious server could; scores the
+    result against the true slices (SSIM/PSNR after Hungarian matching) and draws truth vs reconstruction."""
+    setup_logging(verbose)
+    try:
+        config = _run_config(run)
+        overrides = {k: v for k, v in parse_overrides(set_).items()}
+        if seed is not None:
+            overrides["seed"] = seed
+        settings = InversionSettings.from_config(config, _nest(overrides))
+        if iterations is not None:
+            settings = settings.with_iterations(iterations)
+        out_dir = out or run / "attacks" / "inversion"
+        if grid:
+            results = _grid(config, run, out_dir, settings, quiet)
+            show_results(results)
+            console.print(verdict(results))
+            console.print(f"results in [bold]{out_dir}[/] (results.json, results.csv, table.md, figures/)")
+            return
+        if method not in METHODS:
+            raise ConfigError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+        record = ServerRecord(run)
+        rounds = record.rounds()
+        if not rounds:
+            raise RecordError(f"{run} has a record folder but no recorded round")
+        r = rounds[0] if round_ is None else round_
+        who = client or (record.meta.get("clients") or [None])[0]
+        if who is None:
+            raise RecordError(f"{run}: the record does not list its clients; pass --client")
+        with matching_progress(_budget(settings, method), f"{method} on {who}, round {r}", not quiet) as tick:
+            result = attack_recorded_round(run, r, who, method, settings, out_dir=out_dir, images=images,
+                                           progress=tick)
+    except Fedi2iError as exc:
+        fail(exc)
+    show_results([result])
+    console.print(f"results in [bold]{out_dir}[/] ({result['key']}.json, figures/{result['key']}.png)")
+
+
+def _run_config(run: Path) -> Config:
+    path = run / "config.yaml"
+    if not run.exists():
+        raise RecordError(f"run folder {run} does not exist")
+    if not path.exists():
+        raise RecordError(f"{run} has no config.yaml: is it a fedi2i run folder?")
+    return load_config(path)
+
+
+def _nest(overrides: dict[str, Any]) -> dict[str, Any]:
+    """``{"i2i.lr": 0.02}`` -> ``{"i2i": {"lr": 0.02}}`` for the pydantic settings."""
+    nested: dict[str, Any] = {}
+    for key, value in overrides.items():
+        node = nested
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return nested
+
+
+def _grid(config: Config, run: Path, out_dir: Path, settings: InversionSettings, quiet: bool) -> list[dict[str, Any]]:
+    from fedi2i.attacks.inversion import plan_inversion
+    from fedi2i.data.federation import load_federation
+
+    data = load_federation(config.data, config.seed, progress=not quiet)
+    cells = plan_inversion(settings)
+    columns = (TextColumn("[bold]threat grid"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[last]}"), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False, disable=quiet) as progress:
+        task = progress.add_task("grid", total=len(cells), last="")
+
+        def on_cell(cell: Any, result: dict[str, Any]) -> None:
+            progress.update(task, advance=1, last=f"{cell.key}: MRI SSIM {result['mri_ssim']:.3f}")
+
+        return run_inversion_grid(config, data, out_dir, settings, base_run_dir=run, on_cell=on_cell)
+
+
+def show_results(results: list[dict[str, Any]]) -> None:
+    table = Table(title="gradient inversion (SSIM/PSNR after Hungarian matching)")
+    for col in ("method", "batch", "steps", "model", "defence", "client", "MRI SSIM", "MRI PSNR", "CT SSIM",
+                "CT PSNR", "iters", "s"):
+        table.add_column(col)
+    for r in results:
+        table.add_row(r["method"], str(r["batch"]), str(r["steps"]), str(r["stage"]), r["defence"], str(r["client"]),
+                      f"{r['mri_ssim']:.3f}", f"{r['mri_psnr']:.1f}", f"{r['ct_ssim']:.3f}", f"{r['ct_psnr']:.1f}",
+                      str(r["iterations"]), f"{r['seconds']:.0f}")
+    console.print(table)
