@@ -18,7 +18,7 @@ from fedi2i.cli.app import app, console, fail, load_cli_config, parse_overrides,
 from fedi2i.errors import Fedi2iError
 from fedi2i.fl.flower import deploy
 
-flower_app = typer.Typer(help="Run the federation on Flower: each hospital a SuperNode (needs the flower extra: pip install "fedi2i\\[flower]").",
+flower_app = typer.Typer(help="Run the federation on Flower: each hospital a SuperNode (needs the flower extra: pip install 'fedi2i\\[flower]').",
                          no_args_is_help=True)
 
 _CONFIG = typer.Option("tiny", "--config", "-c", help="Preset name (quick, paper, tiny) or YAML file.")

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import csv
 import io
-import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from fedi2i.attacks.membership.baselines import (score_grad_cosine, score_grad_diff, score_grad_norm, score_loss,
-                                                 score_loss_global, score_loss_series)
+from fedi2i.attacks.membership.baselines import (Scorer, score_grad_cosine, score_grad_diff, score_grad_norm,
+                                                 score_loss, score_loss_global, score_loss_series)
 from fedi2i.attacks.membership.candidates import OTHER_CENTRE, SAME_CENTRE, Candidates, build_candidates
 from fedi2i.attacks.membership.collect import Progress, Signals, collect_signals
 from fedi2i.attacks.membership.evaluation import evaluate_target
@@ -29,9 +28,7 @@ from fedi2i.errors import DataError, RecordError
 from fedi2i.fl.engine import write_json
 from fedi2i.fl.observer import ServerRecord
 
-log = logging.getLogger(__name__)
-
-SCORERS = {
+SCORERS: dict[str, Scorer] = {
     "fedmia-loss": score_fedmia_loss, "fedmia-grad": score_fedmia_grad, "loss": score_loss,
     "loss-global": score_loss_global, "loss-series": score_loss_series, "grad-norm": score_grad_norm,
     "grad-cosine": score_grad_cosine, "grad-diff": score_grad_diff,
