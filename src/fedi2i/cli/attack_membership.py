@@ -81,7 +81,7 @@ def show_results(result: dict[str, Any]) -> None:
     mode = "secure aggregation: the server sees only the aggregate" if result["secure"] else \
         "individual updates visible to the server"
     table = Table(title=f"membership AUC per centre, slice level ({mode})\n"
-                        "all non-members [same-centre non-members] / patient level")
+                        "all non-members (same-centre non-members) / patient level")
     table.add_column("method")
     for centre in result["clients"]:
         table.add_column(centre, justify="right")
@@ -96,7 +96,7 @@ def show_results(result: dict[str, Any]) -> None:
                 cells.append("n/a")
                 continue
             same = v["slice"]["auc_same_centre"]
-            cells.append(f"{v['slice']['auc']:.2f} [{'n/a' if same is None else f'{same:.2f}'}] / "
+            cells.append(f"{v['slice']['auc']:.2f} ({'n/a' if same is None else f'{same:.2f}'}) / "
                          f"{v['patient']['auc']:.2f}")
         table.add_row(name, *cells)
     console.print(table)

@@ -45,7 +45,7 @@ def dlg_attack(obs: Observation, settings: DLGSettings, seed: int = 0, mr_box: t
 
     objective = float("nan")
     for it in range(1, settings.iterations + 1):
-        objective = float(optimiser.step(closure))
+        objective = float(optimiser.step(closure).detach())
         tracker.step(it, objective, lambda: (x, y))
         if not torch.isfinite(x).all():
             break

@@ -93,78 +93,92 @@ def target_directions(view: RoundView, clients: list[str]) -> dict[str, torch.Te
 def collect_signals(record: ServerRecord, rounds: list[int], clients: list[str], cands: Candidates,
                     families: set[str], batch_size: int = 64, grad_chunk: int = 32,
                     progress: Progress | None = None) -> Signals:
-    """Compute the signal families asked for: "loss_target", "loss_global", "loss_final", "grad", "gradnorm"."""
+    """Compute the signal families asked for.
+
+    Families: "loss_target" (and "loss_global") per round, "loss_final", "grad" (cosines per round),
+    "gradnorm" (last round). Every array is indexed by the candidates' fixed order.
+    """
     probe = probe_for(record)
-    mr, ct = cands.slices.mr, cands.slices.ct
-    n, k, r_count = len(cands), len(clients), len(rounds)
     views = [record.round(r) for r in rounds]
-    secure = any(v.secure for v in views)
-    sig = Signals(rounds=list(rounds), clients=list(clients), secure=secure)
-    col = {c: i for i, c in enumerate(clients)}
+    sig = Signals(rounds=list(rounds), clients=list(clients), secure=any(v.secure for v in views))
     tick = progress or (lambda stage, done, total: None)
-
-    if families & {"loss_target", "loss_global"}:
-        start = time.perf_counter()
-        sig.loss_target = np.full((r_count, k, n), np.nan)
-        if "loss_global" in families:
-            sig.loss_global = np.full((r_count, n), np.nan)
-        for ri, view in enumerate(views):
-            if sig.loss_global is not None:
-                probe.load(view.global_vector)
-                sig.loss_global[ri] = probe.losses(mr, ct, batch_size)
-            directions = target_directions(view, clients)
-            if view.secure and directions:  # one model for every centre that took part
-                probe.load(view.global_vector + view.aggregate)
-                row = probe.losses(mr, ct, batch_size)
-                for c in directions:
-                    sig.loss_target[ri, col[c]] = row
-            else:
-                for c, delta in directions.items():
-                    probe.load(view.global_vector + delta)
-                    sig.loss_target[ri, col[c]] = probe.losses(mr, ct, batch_size)
-            tick("loss", ri + 1, r_count)
-        sig.seconds["loss"] = time.perf_counter() - start
-
-    if "loss_final" in families:
-        start = time.perf_counter()
-        last = views[-1]
-        probe.load(last.global_vector + last.aggregate)
-        sig.loss_final = probe.losses(mr, ct, batch_size)
-        sig.seconds["loss_final"] = time.perf_counter() - start
-
-    if "grad" in families:
-        start = time.perf_counter()
-        sig.cos_target = np.full((r_count, k, n), np.nan)
-        for ri, view in enumerate(views):
-            directions = target_directions(view, clients)
-            if not directions:
-                continue
-            names = list(directions)
-            stacked = torch.stack([probe.param_part(directions[c]) for c in names])
-            probe.load(view.global_vector)
-            for start_i, grads in probe.gradients(mr, ct, grad_chunk):
-                cos = cosine_to(grads, stacked).double().numpy()  # [B, K_present]
-                for j, c in enumerate(names):
-                    sig.cos_target[ri, col[c], start_i:start_i + len(grads)] = cos[:, j]
-            tick("gradient", ri + 1, r_count)
-        sig.seconds["grad"] = time.perf_counter() - start
-
-    if "gradnorm" in families:
-        start = time.perf_counter()
-        sig.gradnorm_target = np.full((k, n), np.nan)
-        done: dict[tuple[int, str], np.ndarray] = {}  # (round, model) -> norms; SecAgg: one model for all
-        for c in clients:
-            last = next((v for v in reversed(views) if c in target_directions(v, [c])), None)
-            if last is None:
-                continue
-            key = (last.round, "aggregate" if last.secure else c)
-            if key not in done:
-                probe.load(last.global_vector + target_directions(last, [c])[c])
-                norms = np.empty(n)
-                for start_i, grads in probe.gradients(mr, ct, grad_chunk):
-                    norms[start_i:start_i + len(grads)] = grads.norm(dim=1).double().numpy()
-                done[key] = norms
-            sig.gradnorm_target[col[c]] = done[key]
-            tick("gradient norm", len(done), k)
-        sig.seconds["gradnorm"] = time.perf_counter() - start
+    steps = [("loss", bool(families & {"loss_target", "loss_global"}),
+              lambda: _loss_signals(sig, probe, views, cands, "loss_global" in families, batch_size, tick)),
+             ("loss_final", "loss_final" in families, lambda: _final_loss(sig, probe, views[-1], cands, batch_size)),
+             ("grad", "grad" in families, lambda: _cosine_signals(sig, probe, views, cands, grad_chunk, tick)),
+             ("gradnorm", "gradnorm" in families, lambda: _gradnorm_signals(sig, probe, views, cands, grad_chunk,
+                                                                           tick))]
+    for name, wanted, compute in steps:
+        if wanted:
+            start = time.perf_counter()
+            compute()
+            sig.seconds[name] = time.perf_counter() - start
     return sig
+
+
+def _loss_signals(sig: Signals, probe: ModelProbe, views: list[RoundView], cands: Candidates,
+                  with_global: bool, batch_size: int, tick: Progress) -> None:
+    mr, ct = cands.slices.mr, cands.slices.ct
+    col = {c: i for i, c in enumerate(sig.clients)}
+    sig.loss_target = np.full((len(views), len(sig.clients), len(cands)), np.nan)
+    if with_global:
+        sig.loss_global = np.full((len(views), len(cands)), np.nan)
+    for ri, view in enumerate(views):
+        if sig.loss_global is not None:
+            probe.load(view.global_vector)
+            sig.loss_global[ri] = probe.losses(mr, ct, batch_size)
+        directions = target_directions(view, sig.clients)
+        if view.secure and directions:  # one model for every centre that took part
+            probe.load(view.global_vector + view.aggregate)
+            row = probe.losses(mr, ct, batch_size)
+            for c in directions:
+                sig.loss_target[ri, col[c]] = row
+        else:
+            for c, delta in directions.items():
+                probe.load(view.global_vector + delta)
+                sig.loss_target[ri, col[c]] = probe.losses(mr, ct, batch_size)
+        tick("loss", ri + 1, len(views))
+
+
+def _final_loss(sig: Signals, probe: ModelProbe, last: RoundView, cands: Candidates, batch_size: int) -> None:
+    probe.load(last.global_vector + last.aggregate)
+    sig.loss_final = probe.losses(cands.slices.mr, cands.slices.ct, batch_size)
+
+
+def _cosine_signals(sig: Signals, probe: ModelProbe, views: list[RoundView], cands: Candidates, chunk: int,
+                    tick: Progress) -> None:
+    """One per-sample gradient pass per round at the global model, cosines with every target's update."""
+    col = {c: i for i, c in enumerate(sig.clients)}
+    sig.cos_target = np.full((len(views), len(sig.clients), len(cands)), np.nan)
+    for ri, view in enumerate(views):
+        directions = target_directions(view, sig.clients)
+        if not directions:
+            continue
+        names = list(directions)
+        stacked = torch.stack([probe.param_part(directions[c]) for c in names])
+        probe.load(view.global_vector)
+        for start, grads in probe.gradients(cands.slices.mr, cands.slices.ct, chunk):
+            cos = cosine_to(grads, stacked).double().numpy()  # [B, centres present]
+            for j, c in enumerate(names):
+                sig.cos_target[ri, col[c], start:start + len(grads)] = cos[:, j]
+        tick("gradient", ri + 1, len(views))
+
+
+def _gradnorm_signals(sig: Signals, probe: ModelProbe, views: list[RoundView], cands: Candidates, chunk: int,
+                      tick: Progress) -> None:
+    """Per-sample gradient norms on each target's model at the last round it took part in."""
+    sig.gradnorm_target = np.full((len(sig.clients), len(cands)), np.nan)
+    done: dict[tuple[int, str], np.ndarray] = {}  # (round, model) -> norms; SecAgg: one model for all
+    for k, c in enumerate(sig.clients):
+        last = next((v for v in reversed(views) if c in target_directions(v, [c])), None)
+        if last is None:
+            continue
+        key = (last.round, "aggregate" if last.secure else c)
+        if key not in done:
+            probe.load(last.global_vector + target_directions(last, [c])[c])
+            norms = np.empty(len(cands))
+            for start, grads in probe.gradients(cands.slices.mr, cands.slices.ct, chunk):
+                norms[start:start + len(grads)] = grads.norm(dim=1).double().numpy()
+            done[key] = norms
+        sig.gradnorm_target[k] = done[key]
+        tick("gradient norm", k + 1, len(sig.clients))

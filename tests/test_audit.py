@@ -1,0 +1,96 @@
+"""The audit: resumable cells, failures recorded without stopping, results.json schema, self-contained HTML."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from fedi2i.audit.run import run_audit
+from fedi2i.config import Config, load_config
+
+
+@pytest.fixture()
+def audit_config(phantom_root: Path) -> Config:
+    return load_config("tiny", {
+        "data.root": str(phantom_root),
+        "attacks.audit": {"defences": ["none"], "centralised_baseline": False, "poisoning": False},
+        "attacks.inversion.methods": ["dlg"], "attacks.inversion.defences": ["none"],
+        "attacks.membership.methods": ["fedmia-loss", "loss"],
+    })
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_audit_resumes_records_failures_and_reports(audit_config: Config, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "audit"
+    ran: list[str] = []
+
+    def stop_after_training(cell, entry):
+        ran.append(cell.key)
+        if cell.key == "train/fedavg-none":
+            raise Interrupt  # the audit is killed right after its first cell
+    with pytest.raises(Interrupt):
+        run_audit(audit_config, out, progress=False, on_cell=stop_after_training)
+    assert json.loads((out / "cells" / "train_fedavg-none.json").read_text())["status"] == "ok"
+
+    # second run: the finished training cell is reused, a failing attack is recorded, the audit goes on
+    import fedi2i.attacks.membership.run as membership_run
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated attack failure")
+    monkeypatch.setattr(membership_run, "run_membership", broken)
+    seen: dict[str, dict] = {}
+    report = run_audit(audit_config, out, progress=False, on_cell=lambda c, e: seen.setdefault(c.key, e))
+    assert seen["train/fedavg-none"]["seconds"] > 0  # value from the first run, not recomputed now
+    assert (out / "runs" / "fedavg-none" / "metrics.json").exists()
+    assert seen["membership/none"]["status"] == "error"
+    assert "simulated attack failure" in seen["membership/none"]["error"]
+    assert seen["inversion/dlg-b1-s1-early-none"]["status"] == "ok"  # ran after the failure
+    results = json.loads((out / "results.json").read_text())
+    assert results["cells"]["membership/none"]["status"] == "error"
+    assert "simulated attack failure" in report.read_text()
+
+    # third run without the fault: only the failed cell runs again
+    monkeypatch.undo()
+    before = results["cells"]
+    run_audit(audit_config, out, progress=False)
+    results = json.loads((out / "results.json").read_text())
+    for key in ("train/fedavg-none", "inversion/dlg-b1-s1-early-none"):
+        assert results["cells"][key] == before[key]  # finished cells are not run again
+    _check_schema(results)
+    assert results["cells"]["membership/none"]["status"] == "ok"
+    html = (out / "report.html").read_text()
+    _check_self_contained(html)
+    assert "study" in html and "Summary" in html
+    assert (out / "results.csv").read_text().startswith("key,kind,status")
+
+
+def _check_schema(results: dict) -> None:
+    for key in ("preset", "generated", "versions", "cells_planned", "cells_ok", "summary", "study_comparison",
+                "quality", "cells"):
+        assert key in results, key
+    assert results["cells_ok"] == results["cells_planned"] == len(results["cells"])
+    for row in results["summary"]:
+        assert set(row) == {"threat", "exposure", "defence", "with_defence", "verdict"}
+        assert row["verdict"] in {"high", "medium", "low", "not measured"}
+    for row in results["study_comparison"]:
+        assert set(row) == {"finding", "study", "ours", "status"}
+        assert row["status"] in {"reproduced", "not reproduced", "exceeded", "not measured"}
+    for entry in results["cells"].values():
+        assert entry["status"] in {"ok", "error"} and entry["kind"] in {"train", "membership", "inversion", "poison"}
+    assert results["versions"]["torch"].startswith("2.13.0")
+
+
+def _check_self_contained(html: str) -> None:
+    """No external resource: every src/href is a data URI or an in-page anchor."""
+    refs = re.findall(r"""(?:src|href)\s*=\s*["']([^"']*)["']""", html, flags=re.I)
+    assert refs, "the report should embed its figures"
+    assert all(r.startswith("data:") or r.startswith("#") for r in refs), [r[:40] for r in refs]
+    assert "@import" not in html and "url(http" not in html and "<script src" not in html
+    assert html.count("data:image/png;base64,") >= 2
