@@ -15,7 +15,7 @@ from fedi2i.data.phantom import build_phantom_dataset
 def quick_phantom(patients_per_centre: int = 6, depth: int = 40, overrides: dict | None = None
                   ) -> tuple[Config, FederatedData]:
     """The quick preset (64x64 slices, its U-Net) on a phantom federation, so no download is needed."""
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     root = Path(tempfile.mkdtemp(prefix="fedi2i-bench-"))
     build_phantom_dataset(root, n_centres=5, patients_per_centre=patients_per_centre, shape=(depth, 64, 64))
     cfg = load_config("quick", {"data.root": str(root), "data.source": "phantom", **(overrides or {})})

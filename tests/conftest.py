@@ -10,7 +10,7 @@ import torch
 from fedi2i.config import Config, load_config
 from fedi2i.data.phantom import build_phantom_dataset
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

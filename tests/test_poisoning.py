@@ -24,7 +24,7 @@ def _with_poison(cfg: Config, **poison) -> Config:
 
 
 def test_settings_defaults_and_errors(tiny_config: Config) -> None:
-    s = load_poison_settings(tiny_config)
+    s = load_poison_settings(_with_poison(tiny_config))
     assert s.levels == ["low", "medium", "high"] and s.rules == ["fedavg", "fedmedian"]
     assert s.strength("data_noise", "high") == {"mr": 1.5, "ct_hu": 1500.0}
     assert s.strength("sign_flip", "low") == {"factor": 1.0}
@@ -166,14 +166,16 @@ def test_detection_table_roc_per_level() -> None:
         _fake("x", "low", ["A"], {"A": [0.3, 0.3], "B": [0.6, 0.5], "C": [0.1, 0.2]}),
         _fake("x", "high", ["A"], {"A": [2.0, 5.0], "B": [0.6, 0.5], "C": [0.1, 0.2]}),
     ]
-    table = detection_table(results, separates_auc=0.8)
+    table = detection_table(results)
     entry = table["attacks"]["x"]
     assert entry["levels"] == ["low", "high"]
     high, low = entry["by_level"]["high"]["all"], entry["by_level"]["low"]["all"]
     assert high["auc"] == 1.0 and high["detection_rate"] == 1.0 and high["false_alarm_rate"] == 0.0
     # low: the attacker (0.3) ranks above 3 of the 5 honest/baseline scores at the last round
     assert low["auc"] == pytest.approx(3 / 5) and low["detection_rate"] == 0.0
-    assert entry["stops_separating_at"] == "low" and entry["not_separated"] == ["low"]
+    assert high["margin"] == pytest.approx(4.5) and low["margin"] == pytest.approx(-0.2)
+    assert entry["separated"]["1"] == {"low": False, "high": True}
+    assert entry["stops_separating_at"] == {"all": "low", "1": "low"}
     assert table["baseline_false_alarm_rate"] == 0.0 and math.isclose(high["auc_per_round"][0], 1.0)
 
 

@@ -106,3 +106,27 @@ def test_cli_reuses_cells_and_writes_outputs(matrix: tuple, tmp_path: Path) -> N
     bad = CliRunner().invoke(app, ["attack", "poison", "--config", str(path), "--out", str(out), "--quiet",
                                    "--set", "attacks.poison.levels=[nope]"])
     assert bad.exit_code == 2 and "no value for" in bad.output and "nope" in bad.output
+
+
+def test_collapse_is_recorded_not_raised(tiny_config: Config, tiny_data, tmp_path: Path, monkeypatch) -> None:
+    """Two centres start sending NaN in round 1: the median is left with 2 of 4 updates and stops."""
+    import torch
+
+    from fedi2i.attacks.poisoning import matrix as matrix_module
+    from fedi2i.attacks.poisoning import run_poison_cell
+
+    calls = {"n": 0}
+
+    def nan_after_first_round(delta: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        calls["n"] += 1
+        return delta if calls["n"] <= 2 else torch.full_like(delta, float("nan"))
+
+    monkeypatch.setattr(matrix_module, "attack_options",
+                        lambda *a, **k: ({}, {"A": nan_after_first_round, "B": nan_after_first_round}))
+    cfg = _config(tiny_config).model_copy(update={"attacks": {"poison": {
+        **POISON, "rules": ["fedmedian"], "n_malicious": [2], "malicious": ["A", "B"], "baseline": False}}})
+    cell = plan_poison(cfg, data=tiny_data)[0]
+    result = run_poison_cell(cfg, tiny_data, cell, tmp_path)
+    assert result["collapsed"] and result["collapsed_round"] == 1 and result["diverged"]
+    assert "needs n >= 3" in result["collapse_reason"] and result["unseen_mean"] == {}
+    assert json.loads((tmp_path / "cells" / f"{cell.key}.json").read_text())["collapsed"]

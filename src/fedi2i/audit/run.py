@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -49,6 +50,8 @@ def run_audit(config: Config, out_dir: Path, progress: bool = True,
     """Plan, run (skipping finished cells) and report; returns the path of report.html."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
     dump_config(config, out_dir / "config.yaml")
     store = CellStore(out_dir)
     context = AuditContext(config, out_dir)

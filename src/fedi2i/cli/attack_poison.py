@@ -42,7 +42,7 @@ def poison_command(
             show_plan(cells)
             return
         results = _run(cfg, fed, cells, settings, out, quiet)
-        summary = summarise_poison(results, out, settings.detector.separates_auc)
+        summary = summarise_poison(results, out)
     except Fedi2iError as exc:
         fail(exc)
     show_results(results)

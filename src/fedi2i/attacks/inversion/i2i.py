@@ -97,7 +97,8 @@ class _Problem:
 
     def objective(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         match = self.match(x, y)
-        return match + self.settings.tv_weight * total_variation(x), match
+        s = self.settings
+        return match + s.tv_weight * total_variation(x) + s.ct_tv_weight * total_variation(y), match
 
     def box(self, z: torch.Tensor) -> torch.Tensor:
         lo, hi = self.mr_box

@@ -47,9 +47,10 @@ class I2ISettings(_Strict):
     levels: int = Field(3, ge=1)  # coarse-to-fine pyramid: H / 2**(levels-1) ... H / 2 before full size
     level_iterations: int = Field(25, ge=0)  # L-BFGS steps per coarse level
     iterations: int = Field(300, ge=0)  # Adam steps at full resolution
-    lr: float = Field(0.01, gt=0)
-    tv_weight: float = Field(1e-2, ge=0)
-    bn_weight: float = Field(1.0, ge=0)  # weight of the leaked BatchNorm statistics in the match
+    lr: float = Field(0.03, gt=0)
+    tv_weight: float = Field(0.05, ge=0)
+    ct_tv_weight: float = Field(0.05, ge=0)  # TV prior on the CT
+    bn_weight: float = Field(10.0, ge=0)  # weight of the leaked BatchNorm statistics in the match
     norm_weight: float = Field(0.1, ge=0)  # weight of the update-norm term (the scale a cosine ignores)
     tau_start: float = Field(0.1, gt=0)  # L1 sign relaxation tanh(r / tau), annealed geometrically
     tau_end: float = Field(0.005, gt=0)

@@ -102,27 +102,34 @@ def collect_signals(record: ServerRecord, rounds: list[int], clients: list[str],
     views = [record.round(r) for r in rounds]
     sig = Signals(rounds=list(rounds), clients=list(clients), secure=any(v.secure for v in views))
     tick = progress or (lambda stage, done, total: None)
-    steps = [("loss", bool(families & {"loss_target", "loss_global"}),
-              lambda: _loss_signals(sig, probe, views, cands, "loss_global" in families, batch_size, tick)),
-             ("loss_final", "loss_final" in families, lambda: _final_loss(sig, probe, views[-1], cands, batch_size)),
-             ("grad", "grad" in families, lambda: _cosine_signals(sig, probe, views, cands, grad_chunk, tick)),
-             ("gradnorm", "gradnorm" in families, lambda: _gradnorm_signals(sig, probe, views, cands, grad_chunk,
-                                                                           tick))]
-    for name, wanted, compute in steps:
-        if wanted:
-            start = time.perf_counter()
-            compute()
-            sig.seconds[name] = time.perf_counter() - start
+    mr, ct = cands.slices.mr, cands.slices.ct
+
+    def timed(name: str, compute: Callable[[], None]) -> None:
+        start = time.perf_counter()
+        compute()
+        sig.seconds[name] = time.perf_counter() - start
+
+    if families & {"loss_target", "loss_global"}:
+        timed("loss", lambda: _loss_signals(sig, probe, views, mr, ct, "loss_global" in families, batch_size,
+                                            tick))
+    if "loss_final" in families:
+        last = views[-1]
+        probe.load(last.global_vector + last.aggregate)
+        timed("loss_final", lambda: setattr(sig, "loss_final", probe.losses(mr, ct, batch_size)))
+    if "grad" in families:
+        timed("grad", lambda: _cosine_signals(sig, probe, views, mr, ct, grad_chunk, tick))
+    if "gradnorm" in families:
+        timed("gradnorm", lambda: _gradnorm_signals(sig, probe, views, mr, ct, grad_chunk, tick))
     return sig
 
 
-def _loss_signals(sig: Signals, probe: ModelProbe, views: list[RoundView], cands: Candidates,
+def _loss_signals(sig: Signals, probe: ModelProbe, views: list[RoundView], mr: torch.Tensor, ct: torch.Tensor,
                   with_global: bool, batch_size: int, tick: Progress) -> None:
-    mr, ct = cands.slices.mr, cands.slices.ct
+    n = len(mr)
     col = {c: i for i, c in enumerate(sig.clients)}
-    sig.loss_target = np.full((len(views), len(sig.clients), len(cands)), np.nan)
+    sig.loss_target = np.full((len(views), len(sig.clients), n), np.nan)
     if with_global:
-        sig.loss_global = np.full((len(views), len(cands)), np.nan)
+        sig.loss_global = np.full((len(views), n), np.nan)
     for ri, view in enumerate(views):
         if sig.loss_global is not None:
             probe.load(view.global_vector)
@@ -140,16 +147,11 @@ def _loss_signals(sig: Signals, probe: ModelProbe, views: list[RoundView], cands
         tick("loss", ri + 1, len(views))
 
 
-def _final_loss(sig: Signals, probe: ModelProbe, last: RoundView, cands: Candidates, batch_size: int) -> None:
-    probe.load(last.global_vector + last.aggregate)
-    sig.loss_final = probe.losses(cands.slices.mr, cands.slices.ct, batch_size)
-
-
-def _cosine_signals(sig: Signals, probe: ModelProbe, views: list[RoundView], cands: Candidates, chunk: int,
-                    tick: Progress) -> None:
+def _cosine_signals(sig: Signals, probe: ModelProbe, views: list[RoundView], mr: torch.Tensor, ct: torch.Tensor,
+                    chunk: int, tick: Progress) -> None:
     """One per-sample gradient pass per round at the global model, cosines with every target's update."""
     col = {c: i for i, c in enumerate(sig.clients)}
-    sig.cos_target = np.full((len(views), len(sig.clients), len(cands)), np.nan)
+    sig.cos_target = np.full((len(views), len(sig.clients), len(mr)), np.nan)
     for ri, view in enumerate(views):
         directions = target_directions(view, sig.clients)
         if not directions:
@@ -157,17 +159,17 @@ def _cosine_signals(sig: Signals, probe: ModelProbe, views: list[RoundView], can
         names = list(directions)
         stacked = torch.stack([probe.param_part(directions[c]) for c in names])
         probe.load(view.global_vector)
-        for start, grads in probe.gradients(cands.slices.mr, cands.slices.ct, chunk):
+        for start, grads in probe.gradients(mr, ct, chunk):
             cos = cosine_to(grads, stacked).double().numpy()  # [B, centres present]
             for j, c in enumerate(names):
                 sig.cos_target[ri, col[c], start:start + len(grads)] = cos[:, j]
         tick("gradient", ri + 1, len(views))
 
 
-def _gradnorm_signals(sig: Signals, probe: ModelProbe, views: list[RoundView], cands: Candidates, chunk: int,
-                      tick: Progress) -> None:
+def _gradnorm_signals(sig: Signals, probe: ModelProbe, views: list[RoundView], mr: torch.Tensor,
+                      ct: torch.Tensor, chunk: int, tick: Progress) -> None:
     """Per-sample gradient norms on each target's model at the last round it took part in."""
-    sig.gradnorm_target = np.full((len(sig.clients), len(cands)), np.nan)
+    sig.gradnorm_target = np.full((len(sig.clients), len(mr)), np.nan)
     done: dict[tuple[int, str], np.ndarray] = {}  # (round, model) -> norms; SecAgg: one model for all
     for k, c in enumerate(sig.clients):
         last = next((v for v in reversed(views) if c in target_directions(v, [c])), None)
@@ -176,8 +178,8 @@ def _gradnorm_signals(sig: Signals, probe: ModelProbe, views: list[RoundView], c
         key = (last.round, "aggregate" if last.secure else c)
         if key not in done:
             probe.load(last.global_vector + target_directions(last, [c])[c])
-            norms = np.empty(len(cands))
-            for start, grads in probe.gradients(cands.slices.mr, cands.slices.ct, chunk):
+            norms = np.empty(len(mr))
+            for start, grads in probe.gradients(mr, ct, chunk):
                 norms[start:start + len(grads)] = grads.norm(dim=1).double().numpy()
             done[key] = norms
         sig.gradnorm_target[k] = done[key]

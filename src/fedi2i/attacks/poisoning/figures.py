@@ -47,10 +47,10 @@ def quality_vs_level(rows: list[dict[str, Any]], attack: str, levels: list[str],
         ax.set_xticks(range(len(xs)), xs)
         ax.set_xlabel("noise level")
         ax.set_ylabel(f"MAE (HU), {label}")
-        ax.set_yscale("log")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    fig.suptitle(f"{attack}: synthesis quality vs noise level")
+    fig.suptitle(f"{attack}: synthesis quality vs noise level (none: the rule's no-attack baseline)")
+    fig.tight_layout()
     return save(fig, path)
 
 
@@ -81,19 +81,26 @@ def detector_scores(results: list[dict[str, Any]], attack: str, levels: list[str
             ax.grid(alpha=0.3)
         axes[i, 0].set_ylabel("running score")
     fig.suptitle(f"detector scores over rounds ({attack}, rule {rule}; dashed: flag threshold)")
+    fig.tight_layout()
     return save(fig, path)
 
 
 def detector_roc(detection: dict[str, Any], attack: str, path: Path) -> Path:
-    """Left: ROC after the last round per level. Right: AUC of the running score after every round."""
+    """Left: ROC after the last round per level. Right: AUC of the running score after every round.
+    Solid: one malicious centre, dashed: two (or more)."""
     entry = detection["attacks"][attack]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    styles = ["-", "--", ":", "-."]
     for k, level in enumerate(entry["levels"]):
-        d = entry["by_level"][level]["all"]
-        if d["auc"] is None:
-            continue
-        a1.plot(d["fpr"], d["tpr"], color=f"C{k}", label=f"{level} (AUC {d['auc']:.2f})")
-        a2.plot(range(1, len(d["auc_per_round"]) + 1), d["auc_per_round"], marker="o", color=f"C{k}", label=level)
+        splits = [s for s in entry["by_level"][level] if s != "all"]
+        for i, split in enumerate(splits):
+            d = entry["by_level"][level][split]
+            if d["auc"] is None:
+                continue
+            style = dict(color=f"C{k}", ls=styles[i % len(styles)])
+            a1.plot(d["fpr"], d["tpr"], label=f"{level}, {split} mal. (AUC {d['auc']:.2f})", **style)
+            a2.plot(range(1, len(d["auc_per_round"]) + 1), d["auc_per_round"], marker="o", ms=3,
+                    label=f"{level}, {split} mal.", **style)
     a1.plot([0, 1], [0, 1], "k:", lw=0.8)
     a1.set_xlabel("false-alarm rate (honest centres)")
     a1.set_ylabel("detection rate (malicious centres)")
@@ -104,9 +111,10 @@ def detector_roc(detection: dict[str, Any], attack: str, path: Path) -> Path:
     a2.set_ylabel("AUC")
     a2.set_title("ROC AUC over rounds")
     for ax in (a1, a2):
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     fig.suptitle(f"poisoned-update detector, {attack}")
+    fig.tight_layout()
     return save(fig, path)
 
 
@@ -128,11 +136,11 @@ def validation_curves(results: list[dict[str, Any]], attack: str, levels: list[s
                         label="no attack" if lv == "none" else lv)
         ax.set_title(f"{rule}, {n} malicious", fontsize=9)
         ax.set_xlabel("round")
-        ax.set_yscale("log")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     axes[0, 0].set_ylabel("honest validation MAE (HU)")
     fig.suptitle(f"{attack}: per-round validation")
+    fig.tight_layout()
     return save(fig, path)
 
 

@@ -60,7 +60,6 @@ class DetectorSettings(_Strict):
     threshold: float = Field(3.0, gt=0)  # a centre is flagged while its running score exceeds this
     scale_floor: float = Field(0.25, gt=0)  # smallest robust spread of a (log) feature: tolerates ~2x
     weights_only: bool = True  # leave BatchNorm running statistics (scanner fingerprints) out of the score
-    separates_auc: float = Field(0.8, gt=0.5, le=1)  # AUC below which a level counts as "not separated"
 
 
 class PoisonSettings(_Strict):

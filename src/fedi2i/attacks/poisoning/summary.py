@@ -1,7 +1,9 @@
 """Tables of the poisoning matrix: quality per rule x level x malicious count, and detection per level.
 
 Levels are taken in sweep order, which the settings define from weakest to strongest; "where the
-detector stops separating" is read along that order.
+detector stops separating" is read along that order. A level is *separated* when the detector's final
+running scores leave a gap between every malicious centre and every honest one (baselines included):
+some threshold then flags all attackers and no honest-but-different centre (final-round AUC = 1).
 """
 
 from __future__ import annotations
@@ -117,9 +119,10 @@ def _samples(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _roc(pos: list[dict[str, Any]], neg: list[dict[str, Any]], rounds: int) -> dict[str, Any]:
-    """AUC of the running score after every round, and the ROC curve after the last one."""
+    """AUC of the running score after every round, the ROC curve after the last one, and the margin
+    (lowest malicious minus highest honest final score; > 0 means perfectly separable)."""
     if not pos or not neg:
-        return {"auc": None, "auc_per_round": [], "fpr": [], "tpr": []}
+        return {"auc": None, "auc_per_round": [], "fpr": [], "tpr": [], "margin": None}
     labels = np.array([1] * len(pos) + [0] * len(neg))
     per_round = []
     for t in range(rounds):
@@ -127,16 +130,18 @@ def _roc(pos: list[dict[str, Any]], neg: list[dict[str, Any]], rounds: int) -> d
         per_round.append(float(roc_auc_score(labels, scores)))
     final = np.array([s["series"][-1] for s in pos + neg])
     fpr, tpr, _ = roc_curve(labels, final)
-    return {"auc": per_round[-1], "auc_per_round": per_round, "fpr": fpr.tolist(), "tpr": tpr.tolist()}
+    margin = float(final[: len(pos)].min() - final[len(pos):].max())
+    return {"auc": per_round[-1], "auc_per_round": per_round, "fpr": fpr.tolist(), "tpr": tpr.tolist(),
+            "margin": margin}
 
 
-def detection_table(results: list[dict[str, Any]], separates_auc: float = 0.8) -> dict[str, Any]:
-    """Detection per attack and level (all rules pooled), also split by number of malicious centres.
+def detection_table(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Detection per attack and level, for all runs pooled and per number of malicious centres.
 
-    Positives: malicious centres of that level's cells. Negatives: honest centres of the same cells plus
-    every centre of the no-attack baselines, so an honest centre that differs by scanner counts as a
-    false alarm if flagged. Detection rate and false-alarm rate use the detector's own threshold; the
-    ROC uses its running score, after every round ("ROC over rounds").
+    Positives: malicious centres of that level's cells (every rule). Negatives: honest centres of the same
+    cells plus every centre of the no-attack baselines, so an honest centre that differs by scanner counts
+    as a false alarm if flagged. Detection and false-alarm rates use the detector's own threshold; the
+    ROC uses its running score after every round ("ROC over rounds").
     """
     samples = _samples(results)
     baseline = [s for s in samples if s["attack"] == "none"]
@@ -145,7 +150,7 @@ def detection_table(results: list[dict[str, Any]], separates_auc: float = 0.8) -
                              "baseline_flagged": sorted({f"{s['rule']}:{s['centre']}" for s in baseline if s["flagged"]}),
                              "attacks": {}}
     for attack, levels in attack_levels(results).items():
-        entry: dict[str, Any] = {"levels": levels, "by_level": {}}
+        entry: dict[str, Any] = {"levels": levels, "by_level": {}, "separated": {}, "stops_separating_at": {}}
         for level in levels:
             cell = [s for s in samples if s["attack"] == attack and s["level"] == level]
             row: dict[str, Any] = {}
@@ -157,12 +162,13 @@ def detection_table(results: list[dict[str, Any]], separates_auc: float = 0.8) -
                                    "n_malicious_samples": len(pos), "n_honest_samples": len(honest),
                                    **_roc(pos, honest + baseline, rounds)}
             entry["by_level"][level] = row
-        aucs = {lv: entry["by_level"][lv]["all"]["auc"] for lv in levels}
-        failing = [lv for lv in levels if aucs[lv] is not None and aucs[lv] < separates_auc]
-        entry["not_separated"] = failing
-        entry["stops_separating_at"] = failing[-1] if failing else None
+        for split in dict.fromkeys(k for lv in levels for k in entry["by_level"][lv]):
+            sep = {lv: entry["by_level"][lv][split]["margin"] > 0 for lv in levels
+                   if split in entry["by_level"][lv] and entry["by_level"][lv][split]["margin"] is not None}
+            entry["separated"][split] = sep
+            failing = [lv for lv in levels if sep.get(lv) is False]
+            entry["stops_separating_at"][split] = failing[-1] if failing else None
         table["attacks"][attack] = entry
-    table["separates_auc"] = separates_auc
     return table
 
 
@@ -175,18 +181,36 @@ def detection_markdown(table: dict[str, Any]) -> str:
              f"{_fmt(table['baseline_false_alarm_rate'], 2)}\n"]
     for attack, entry in table["attacks"].items():
         lines.append(f"### {attack}: detection per level (all rules pooled)\n")
-        lines.append("| level | malicious | detection rate | false alarms (honest) | AUC final round | AUC per round |")
-        lines.append("|---|---|---|---|---|---|")
+        lines.append("| level | malicious | detection rate | false alarms (honest) | margin | AUC final | AUC per round |")
+        lines.append("|---|---|---|---|---|---|---|")
         for level in entry["levels"]:
             for split, d in entry["by_level"][level].items():
                 per_round = " ".join(f"{a:.2f}" for a in d["auc_per_round"])
                 lines.append(f"| {level} | {split} | {_fmt(d['detection_rate'], 2)} | {_fmt(d['false_alarm_rate'], 2)} "
-                             f"| {_fmt(d['auc'], 2)} | {per_round} |")
-        stop = entry["stops_separating_at"]
-        lines.append(f"\nAUC < {table['separates_auc']} (attacker not told apart from honest centres) at: "
-                     f"{', '.join(entry['not_separated']) or 'no level'}"
-                     + (f"; the strongest such level is {stop}." if stop else ".") + "\n")
+                             f"| {_fmt(d['margin'], 2)} | {_fmt(d['auc'], 2)} | {per_round} |")
+        lines.append("\nmargin: lowest malicious minus highest honest final score (baselines included); > 0 "
+                     "means some threshold flags every attacker and no honest centre.\n")
+        for split, stop in entry["stops_separating_at"].items():
+            who = "all runs" if split == "all" else f"{split} malicious"
+            lines.append(f"- {who}: " + (f"attackers not separated from honest centres up to level **{stop}**"
+                                          if stop else "separated at every level"))
+        lines.append("")
     return "\n".join(lines)
+
+
+def _detection_digest(entry: dict[str, Any]) -> dict[str, Any]:
+    """Per attack: pooled AUC per level, and where separation stops with one malicious centre (the honest
+    majority the detector is built for; pooled runs when there is no such split), plus every split."""
+    levels = entry["levels"]
+    stops = entry["stops_separating_at"]
+    return {"auc": {lv: entry["by_level"][lv]["all"]["auc"] for lv in levels},
+            "stops_separating_at": stops.get("1", stops.get("all")),
+            "stops_separating_at_by_malicious": stops,
+            "auc_by_malicious": {lv: {k: d["auc"] for k, d in entry["by_level"][lv].items()} for lv in levels},
+            "margin": {lv: {k: d["margin"] for k, d in entry["by_level"][lv].items()} for lv in levels},
+            "detection_rate": {lv: {k: d["detection_rate"] for k, d in entry["by_level"][lv].items()} for lv in levels},
+            "false_alarm_rate": {lv: {k: d["false_alarm_rate"] for k, d in entry["by_level"][lv].items()}
+                                 for lv in levels}}
 
 
 def write_text(path: Path, text: str) -> None:
@@ -203,22 +227,23 @@ def write_csv(path: Path, rows: list[dict[str, Any]], columns: Iterable[str]) ->
     write_text(path, buf.getvalue())
 
 
-def summarise_poison(results: list[dict[str, Any]], out_dir: Path, separates_auc: float = 0.8) -> dict[str, Any]:
+def summarise_poison(results: list[dict[str, Any]], out_dir: Path) -> dict[str, Any]:
     """Write quality and detection tables (JSON, CSV, markdown) and the figures; return what was written."""
     from fedi2i.attacks.poisoning import figures
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = quality_rows(results)
-    detection = detection_table(results, separates_auc)
+    detection = detection_table(results)
     write_json(out_dir / "quality.json", rows)
     write_csv(out_dir / "quality.csv", rows, QUALITY_COLUMNS)
     det_rows = [{"attack": a, "level": lv, "malicious": split, **{k: d[k] for k in
-                 ("detection_rate", "false_alarm_rate", "auc", "n_malicious_samples", "n_honest_samples")}}
+                 ("detection_rate", "false_alarm_rate", "margin", "auc", "n_malicious_samples",
+                  "n_honest_samples")}}
                 for a, e in detection["attacks"].items() for lv in e["levels"] for split, d in e["by_level"][lv].items()]
     write_json(out_dir / "detection.json", detection)
     write_csv(out_dir / "detection.csv", det_rows, ("attack", "level", "malicious", "detection_rate",
-                                                     "false_alarm_rate", "auc", "n_malicious_samples",
+                                                     "false_alarm_rate", "margin", "auc", "n_malicious_samples",
                                                      "n_honest_samples"))
     markdown = "## Poisoning: synthesis quality\n\n" + mae_markdown(rows) + "\n## Poisoning: detection\n\n" \
         + detection_markdown(detection)
@@ -228,8 +253,7 @@ def summarise_poison(results: list[dict[str, Any]], out_dir: Path, separates_auc
                "skipped": sum(r["status"] == "skipped" for r in results),
                "files": ["quality.json", "quality.csv", "detection.json", "detection.csv", "poisoning.md"],
                "figures": [str(p.relative_to(out_dir)) for p in figs], "markdown": markdown,
-               "detection": {a: {"stops_separating_at": e["stops_separating_at"],
-                                 "auc": {lv: e["by_level"][lv]["all"]["auc"] for lv in e["levels"]}}
+               "detection": {a: _detection_digest(e)
                              for a, e in detection["attacks"].items()},
                "baseline_false_alarm_rate": detection["baseline_false_alarm_rate"]}
     write_json(out_dir / "summary.json", {k: v for k, v in summary.items() if k != "markdown"})
