@@ -54,7 +54,9 @@ TRAIN_RUNS: dict[str, dict[str, Any]] = {
     # run name -> config overrides; "none" is the FedAvg baseline every attack starts from
     "none": {},
     "secagg": {"secagg.enabled": True},
-    "dp": {"dp.enabled": True},
+    # DP noise on BatchNorm running variances can make them negative (NaN models), and Opacus DP-SGD
+    # refuses BatchNorm, so the DP run uses GroupNorm
+    "dp": {"dp.enabled": True, "model.norm": "group"},
 }
 
 

@@ -47,5 +47,5 @@ def load_cli_config(config: str, overrides: dict[str, Any]) -> Config:
 
 def fail(exc: Exception) -> None:
     """Print a fedi2i error as one clear message and exit non-zero (no traceback for user errors)."""
-    console.print(f"[bold red]error:[/] {exc}")
+    console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
     raise typer.Exit(code=2)

@@ -38,12 +38,14 @@ def matching_progress(total: int, label: str, enabled: bool) -> Iterator[Progres
         yield tick
 
 
-def _budget(settings: InversionSettings, method: str) -> int:
+def _budget(settings: InversionSettings, method: str, image_size: int) -> int:
+    """Iterations the progress bar counts to."""
     s = settings.method(method)
     if method == "i2i":
         from fedi2i.attacks.inversion.i2i import pyramid
 
-        return (len(pyramid(64, s.levels)) * s.level_iterations + s.iterations) * s.restarts  # type: ignore[union-attr]
+        levels = len(pyramid(image_size, s.levels))  # type: ignore[union-attr]
+        return (levels * s.level_iterations + s.iterations) * s.restarts  # type: ignore[union-attr]
     return s.iterations * getattr(s, "restarts", 1)
 
 
@@ -91,7 +93,8 @@ def inversion_command(
         who = client or (record.meta.get("clients") or [None])[0]
         if who is None:
             raise RecordError(f"{run}: the record does not list its clients; pass --client")
-        with matching_progress(_budget(settings, method), f"{method} on {who}, round {r}", not quiet) as tick:
+        size = int(record.meta.get("image_size", config.data.image_size))
+        with matching_progress(_budget(settings, method, size), f"{method} on {who}, round {r}", not quiet) as tick:
             result = attack_recorded_round(run, r, who, method, settings, out_dir=out_dir, images=images,
                                            progress=tick)
     except Fedi2iError as exc:

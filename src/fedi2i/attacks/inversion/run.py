@@ -21,7 +21,8 @@ import torch
 
 from fedi2i.attacks.inversion.base import Progress
 from fedi2i.attacks.inversion.figures import reconstruction_grid
-from fedi2i.attacks.inversion.matching import STUDY_PSNR_BOUND, STUDY_SSIM_BOUND, chance_level, score
+from fedi2i.attacks.inversion.matching import (STUDY_PSNR_BOUND, STUDY_SSIM_BOUND, background_level, chance_level,
+                                               score)
 from fedi2i.attacks.inversion.methods import run_attack
 from fedi2i.attacks.inversion.observation import observe
 from fedi2i.attacks.inversion.settings import InversionSettings
@@ -55,7 +56,8 @@ def plan_inversion(settings: InversionSettings) -> list[InversionCell]:
     """Cells: methods x batch sizes x defences at the base setting, then one axis at a time.
 
     The base setting is the first of ``local_steps``, ``stages`` and ``clients``. The other values of
-    those axes are run without defence for ``axis_methods`` and every batch size. DP cells expand over
+    those axes are run without defence for ``axis_methods`` and ``axis_batch_sizes`` (default: every
+    batch size). DP cells expand over
     the noise multiplier the settings give (one by default).
     """
     steps0, stage0 = settings.local_steps[0], settings.stages[0]
@@ -69,12 +71,13 @@ def plan_inversion(settings: InversionSettings) -> list[InversionCell]:
                 cells.append(InversionCell(method, batch, steps0, stage0, defence, client0,
                                            noise if defence in ("dp", "dpsgd") else None))
     axis_methods = [m for m in settings.axis_methods if m in settings.methods] or settings.axis_methods
+    batches = settings.axis_batch_sizes or settings.batch_sizes
     for steps in settings.local_steps[1:]:
-        cells += [InversionCell(m, b, steps, stage0, "none", client0) for b in settings.batch_sizes for m in axis_methods]
+        cells += [InversionCell(m, b, steps, stage0, "none", client0) for b in batches for m in axis_methods]
     for stage in settings.stages[1:]:
-        cells += [InversionCell(m, b, steps0, stage, "none", client0) for b in settings.batch_sizes for m in axis_methods]
+        cells += [InversionCell(m, b, steps0, stage, "none", client0) for b in batches for m in axis_methods]
     for client in clients[1:]:
-        cells += [InversionCell(m, b, steps0, stage0, "none", client) for b in settings.batch_sizes for m in axis_methods]
+        cells += [InversionCell(m, b, steps0, stage0, "none", client) for b in batches for m in axis_methods]
     return list(dict.fromkeys(cells))
 
 
@@ -122,14 +125,15 @@ def run_inversion_cell(config: Config, data: FederatedData, cell: InversionCell,
         truth = victim_batch(victim_dir, data, client)
     assert truth is not None
     scores = score(truth.mr, truth.ct, recon.mr, recon.ct)
-    chance = chance_level(truth.mr, truth.ct, settings.mr_box, seed=settings.seed)
+    chance = chance_level(truth.mr, truth.ct, settings.mr_box, seed=settings.seed, n_recon=len(recon.mr))
+    background = background_level(truth.mr, truth.ct)
     result: dict[str, Any] = {
         "key": cell.key, "method": cell.method, "batch": cell.batch_size, "steps": cell.local_steps,
         "stage": cell.stage, "defence": cell.defence, "noise_multiplier": setting.noise_multiplier,
         "round": obs.round, "client": client, "target": obs.target, "optimizer": obs.optimizer,
         "loss": obs.loss, "lr": obs.lr, "images_reconstructed": int(recon.mr.shape[0]),
         **{k: scores[k] for k in ("mri_ssim", "mri_psnr", "ct_ssim", "ct_psnr", "mri_ssim_max", "ct_ssim_max")},
-        "per_item": scores["per_item"], "chance": chance,
+        "per_item": scores["per_item"], "chance": chance, "background": background,
         "iterations": recon.iterations, "seconds": recon.seconds,
         "iterations_per_second": recon.iterations / recon.seconds if recon.seconds > 0 else None,
         "objective": recon.objective, "victim_run": str(victim_dir) if victim_dir else None,
@@ -201,18 +205,29 @@ TABLE_COLUMNS = ("method", "batch", "steps", "stage", "client", "defence", "mri_
                  "ct_ssim", "ct_psnr", "iterations", "seconds")
 
 
+def _margin(result: dict[str, Any], modality: str) -> float:
+    """SSIM above what an empty (all-background) image scores on the same slices."""
+    base = (result.get("background") or {}).get(f"{modality}_ssim")
+    return result[f"{modality}_ssim"] - (base if base is not None else 0.0)
+
+
 def verdict(results: list[dict[str, Any]]) -> str:
-    """Plain statement of whether any setting beats the study's bound (SSIM > 0.16) and by how much."""
+    """Plain statement of whether any setting beats the study's bound (SSIM > 0.16) and by how much.
+
+    Also says how far the best results are above an empty image (all background), which 2D SSIM
+    rewards for the air around the head: beating 0.16 is leakage only where that margin is large too.
+    """
     if not results:
         return "No inversion results."
     best = max(results, key=lambda r: r["mri_ssim"])
     best_ct = max(results, key=lambda r: r["ct_ssim"])
-    over = [r for r in results if r["mri_ssim"] > STUDY_SSIM_BOUND or r["ct_ssim"] > STUDY_SSIM_BOUND]
     where = (f"{best['method']}, batch {best['batch']}, {best['steps']} step(s), {best['stage']} model, "
              f"defence {best['defence']}")
-    lines = [f"Best MRI reconstruction: SSIM {best['mri_ssim']:.3f}, PSNR {best['mri_psnr']:.1f} dB ({where}). "
-             f"Best CT: SSIM {best_ct['ct_ssim']:.3f}, PSNR {best_ct['ct_psnr']:.1f} dB "
-             f"({best_ct['method']}, batch {best_ct['batch']}, defence {best_ct['defence']})."]
+    lines = [f"Best MRI reconstruction: SSIM {best['mri_ssim']:.3f}, PSNR {best['mri_psnr']:.1f} dB ({where}; "
+             f"{_margin(best, 'mri'):+.3f} over an empty image). Best CT: SSIM {best_ct['ct_ssim']:.3f}, PSNR "
+             f"{best_ct['ct_psnr']:.1f} dB ({best_ct['method']}, batch {best_ct['batch']}, defence "
+             f"{best_ct['defence']}; {_margin(best_ct, 'ct'):+.3f} over an empty image)."]
+    over = [r for r in results if r["mri_ssim"] > STUDY_SSIM_BOUND or r["ct_ssim"] > STUDY_SSIM_BOUND]
     if over:
         top = max(best["mri_ssim"], best_ct["ct_ssim"])
         lines.append(f"{len(over)} of {len(results)} settings beat the study's bound (SSIM <= {STUDY_SSIM_BOUND}, "
@@ -221,6 +236,9 @@ def verdict(results: list[dict[str, Any]]) -> str:
     else:
         lines.append(f"No setting beats the study's bound (SSIM <= {STUDY_SSIM_BOUND}): the best is "
                      f"{best['mri_ssim'] - STUDY_SSIM_BOUND:+.3f} SSIM from it.")
+    leaks = [r for r in results if max(_margin(r, "mri"), _margin(r, "ct")) > STUDY_SSIM_BOUND]
+    lines.append(f"{len(leaks)} of {len(results)} settings are more than {STUDY_SSIM_BOUND} SSIM above an empty "
+                 "image in MRI or CT.")
     return " ".join(lines)
 
 
@@ -230,20 +248,26 @@ def write_inversion_table(results: list[dict[str, Any]], path_md: Path) -> Path:
     rows = sorted(results, key=lambda r: (r["stage"], r["steps"], str(r["client"]), order.get(r["defence"], 9),
                                           r["method"], r["batch"]))
     head = ["method", "batch", "steps", "model", "client", "defence", "MRI SSIM", "MRI PSNR (dB)",
-            "CT SSIM", "CT PSNR (dB)", "iterations", "seconds"]
+            "CT SSIM", "CT PSNR (dB)", "empty image MRI / CT SSIM", "iterations", "seconds"]
     lines = ["# Gradient inversion: reconstruction quality", "",
              "SSIM/PSNR of the reconstructed MRI (normalised scale) and CT (HU) against the true batch, "
              "after Hungarian matching; mean over the batch. Chance level (uniform noise in the known "
-             "range) is about 0 SSIM.", "",
+             "range) is about 0 SSIM; an empty image (all background) scores the 'empty image' column, "
+             "which 2D SSIM inflates for the air around the head.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         defence = r["defence"] + (f" (z={r['noise_multiplier']:g}, eps={_fmt_eps(r.get('dp_epsilon_round'))}/round)"
                                   if r["defence"] in ("dp", "dpsgd") else "")
         lines.append(f"| {r['method']} | {r['batch']} | {r['steps']} | {r['stage']} | {r['client']} | {defence} | "
                      f"{r['mri_ssim']:.3f} | {r['mri_psnr']:.1f} | {r['ct_ssim']:.3f} | {r['ct_psnr']:.1f} | "
-                     f"{r['iterations']} | {r['seconds']:.0f} |")
+                     f"{_empty(r)} | {r['iterations']} | {r['seconds']:.0f} |")
     lines += ["", verdict(results), ""]
     return _write_text(Path(path_md), "\n".join(lines))
+
+
+def _empty(result: dict[str, Any]) -> str:
+    base = result.get("background")
+    return f"{base['mri_ssim']:.3f} / {base['ct_ssim']:.3f}" if base else "-"
 
 
 def _fmt_eps(value: Any) -> str:

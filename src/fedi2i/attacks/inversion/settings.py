@@ -73,6 +73,7 @@ class InversionSettings(_Strict):
     stages: list[Stage] = Field(default_factory=lambda: ["early", "trained"])
     clients: list[str] | None = None  # None: the first training centre
     axis_methods: list[Method] = Field(default_factory=lambda: ["i2i"])
+    axis_batch_sizes: list[int] | None = None  # batch sizes on those axes (None: batch_sizes)
     victim_optimizer: Literal["sgd", "adam"] = "sgd"
     victim_lr: float | None = Field(None, gt=0)  # None: config.train.lr
     trained_rounds: int = Field(3, ge=1)  # rounds of the base run trained when none is given
@@ -90,7 +91,7 @@ class InversionSettings(_Strict):
     def _check(self) -> "InversionSettings":
         if not self.methods or not self.batch_sizes or not self.defences or not self.local_steps or not self.stages:
             raise ValueError("methods, batch_sizes, defences, local_steps and stages each need at least one entry")
-        if min(self.batch_sizes) < 1 or min(self.local_steps) < 1:
+        if min(self.batch_sizes + (self.axis_batch_sizes or [])) < 1 or min(self.local_steps) < 1:
             raise ValueError("batch sizes and local steps must be >= 1")
         if self.mr_box[0] >= self.mr_box[1]:
             raise ValueError("mr_box must be (low, high) with low < high")

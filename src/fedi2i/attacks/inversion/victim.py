@@ -14,6 +14,7 @@ from that update directly. (epsilon, delta) come from Opacus' RDP accountant.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 import torch
 
 from fedi2i.attacks.inversion.observation import Group, Observation
-from fedi2i.config import Config, config_from_dict
+from fedi2i.config import Config, config_from_dict, dump_config
 from fedi2i.data.federation import FederatedData
 from fedi2i.data.phantom import hash_seed
 from fedi2i.data.slices import SliceSet
@@ -133,6 +134,7 @@ def victim_round(config: Config, data: FederatedData, setting: VictimSetting, wo
     picks = pick_batches(data, setting.batch_size, setting.seed)
     transforms = {c: (lambda s, idx=idx: s.select(idx)) for c, idx in picks.items()}
     engine = build_engine(cfg, data, run_dir, RunOptions(data_transforms=transforms))
+    dump_config(cfg, run_dir / "config.yaml")
     engine.run_round(round_index, vector)
     tmp = marker.with_suffix(".tmp")
     tmp.write_text(json.dumps({"setting": setting.__dict__, "round": round_index, "picks": picks}, indent=2))
@@ -192,10 +194,12 @@ def dpsgd_observation(config: Config, data: FederatedData, setting: VictimSettin
                             noise_multiplier=setting.noise_multiplier or 0.0, max_grad_norm=setting.clip,
                             expected_batch_size=len(batch), generator=gen)
     criterion = loss_fn(config.train.loss)
-    for _ in range(setting.local_steps):
-        optimiser.zero_grad(set_to_none=True)
-        criterion(module(batch.mr), batch.ct).backward()
-        optimiser.step()
+    with warnings.catch_warnings():  # Opacus' hooks warn that the input needs no gradient: expected here
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(setting.local_steps):
+            optimiser.zero_grad(set_to_none=True)
+            criterion(module(batch.mr), batch.ct).backward()
+            optimiser.step()
     delta = spec.flatten(model.state_dict()) - vector
     obs = Observation(
         round=round_index, target=client, update=delta.detach(), global_vector=vector, spec=spec,
