@@ -49,6 +49,8 @@ def test_settings_from_config_and_bad_settings(tiny_config) -> None:
     cfg = tiny_config.model_copy(update={"attacks": {"inversion": {"batch_sizes": [2], "i2i": {"iterations": 7}}}})
     settings = InversionSettings.from_config(cfg)
     assert settings.batch_sizes == [2] and settings.i2i.iterations == 7 and settings.ig.iterations == 300
+    merged = InversionSettings.from_config(cfg, {"i2i": {"lr": 0.5}})
+    assert merged.i2i.lr == 0.5 and merged.i2i.iterations == 7  # overrides merge into the config's values
     with pytest.raises(ConfigError, match="unknown key"):
         InversionSettings.from_config(cfg, {"i2i": {"iterationz": 3}})
     with pytest.raises(ConfigError, match="not training centres"):
@@ -139,3 +141,11 @@ def test_cli_attacks_a_recorded_round(victim_run: Path, tmp_path: Path) -> None:
     assert bad.exit_code == 2 and "round 7 was not recorded" in bad.output
     bad = runner.invoke(app, ["attack", "inversion", "--run", str(victim_run), "--client", "Q", "--quiet"])
     assert bad.exit_code == 2 and "client 'Q'" in bad.output
+
+
+def test_long_local_training_is_replayed_in_capped_steps() -> None:
+    from fedi2i.attacks.inversion.base import MAX_REPLAY_STEPS, _capped
+
+    assert _capped(3, 0.1) == (3, 0.1)  # exact replay up to the cap
+    steps, lr = _capped(4 * MAX_REPLAY_STEPS, 0.1)
+    assert steps == MAX_REPLAY_STEPS and lr == pytest.approx(0.4)  # same total step length

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from fedi2i.attacks.poisoning.summary import attack_levels
+
 # The study's findings (J Med Syst 2026;50:108), as stated in its abstract.
 STUDY = {
     "dlg_ssim": 0.16, "dlg_psnr": 11.0,
@@ -106,16 +108,6 @@ def poison_effect(rows: list[dict[str, Any]], rule: str, attack: str | None, lev
     hit = [_unseen_mae(r) for r in rows if r["rule"] == rule and r["attack"] == attack and r["level"] == level]
     hit = [h for h in hit if h is not None]
     return (max(hit) if hit else None), (base[0] if base and base[0] is not None else None)
-
-
-def attack_levels(rows: list[dict[str, Any]]) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for r in rows:
-        if r["attack"] != "none":
-            out.setdefault(r["attack"], [])
-            if r["level"] not in out[r["attack"]]:
-                out[r["attack"]].append(r["level"])
-    return out
 
 
 def _fmt(v: float | None, digits: int = 2) -> str:

@@ -17,6 +17,9 @@ Progress = Callable[[int, float], None]
 GroupLoss = Callable[[int, torch.Tensor, int], torch.Tensor]
 
 CT_BOX = (-1.0, 1.0)  # the CT is clipped to [-1024, 3000] HU and scaled to [-1, 1]
+# Longer local training is replayed in this many steps at a proportionally larger learning rate (a
+# first-order approximation that keeps an epoch-long update affordable; exact up to this many steps).
+MAX_REPLAY_STEPS = 10
 
 
 @dataclass
@@ -93,10 +96,12 @@ def replay_groups(replay: LocalReplay, obs: Observation, x: torch.Tensor, loss: 
     model the aggregate); ``steps`` overrides the observed local steps (DLG's single-gradient view).
     """
     if as_one_batch or len(obs.groups) == 1:
-        return replay.run(x, lambda pred, t: loss(0, pred, t), steps or obs.steps)
+        n, lr = _capped(steps or obs.steps, obs.lr)
+        return replay.run(x, lambda pred, t: loss(0, pred, t), n, lr)
     total: SimulatedUpdate | None = None
     for k, (group, rows) in enumerate(zip(obs.groups, group_slices(obs))):
-        sim = replay.run(x[rows], lambda pred, t, k=k: loss(k, pred, t), steps or group.steps)
+        n, lr = _capped(steps or group.steps, obs.lr)
+        sim = replay.run(x[rows], lambda pred, t, k=k: loss(k, pred, t), n, lr)
         scaled = SimulatedUpdate([group.weight * p for p in sim.params], [group.weight * b for b in sim.buffers])
         if total is None:
             total = scaled
@@ -105,6 +110,11 @@ def replay_groups(replay: LocalReplay, obs: Observation, x: torch.Tensor, loss: 
                                     [a + b for a, b in zip(total.buffers, scaled.buffers)])
     assert total is not None
     return total
+
+
+def _capped(steps: int, lr: float) -> tuple[int, float]:
+    n = min(steps, MAX_REPLAY_STEPS)
+    return n, lr * steps / n
 
 
 def cosine_distance(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:

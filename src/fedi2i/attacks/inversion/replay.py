@@ -62,11 +62,6 @@ class LocalReplay:
         self._captured: dict[str, torch.Tensor] = {}
         for name, module in self.bn:
             module.register_forward_pre_hook(self._hook(name))
-        offsets, start = {}, 0
-        for name, size in zip(obs.spec.names, obs.spec.sizes):
-            offsets[name] = (start, start + size)
-            start += size
-        self.offsets = offsets
 
     def _hook(self, name: str) -> Callable:
         def capture(_module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
@@ -106,30 +101,31 @@ class LocalReplay:
             out[name] = (mean, var)
         return out
 
-    def run(self, x: torch.Tensor, step_loss: StepLoss, steps: int) -> SimulatedUpdate:
-        """Replay ``steps`` local steps on batch ``x``; return the differentiable update."""
-        obs = self.obs
+    def run(self, x: torch.Tensor, step_loss: StepLoss, steps: int, lr: float | None = None) -> SimulatedUpdate:
+        """Replay ``steps`` local steps on batch ``x`` (at ``lr``, default the observed one)."""
         params = {n: p.clone().requires_grad_(True) for n, p in self.params0.items()}
         running = dict(self.buffers0)
         moments: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for t in range(steps):
             pred = self.forward(params, x)
             loss = step_loss(pred, t)
+            stats = self.batch_stats()
             for name, module in self.bn:
-                mean, var = self.batch_stats()[name]
+                mean, var = stats[name]
                 m = float(module.momentum)
                 running[f"{name}.running_mean"] = (1 - m) * running[f"{name}.running_mean"] + m * mean
                 running[f"{name}.running_var"] = (1 - m) * running[f"{name}.running_var"] + m * var
             names = list(params)
             grads = torch.autograd.grad(loss, [params[n] for n in names], create_graph=True)
-            params = self._step(params, dict(zip(names, grads)), moments, t + 1)
+            params = self._step(params, dict(zip(names, grads)), moments, t + 1, lr)
         return SimulatedUpdate([params[n] - self.params0[n] for n in self.param_names],
                                [running[n] - self.buffers0[n] for n in self.buffer_names])
 
     def _step(self, params: dict[str, torch.Tensor], grads: dict[str, torch.Tensor],
-              moments: dict[str, tuple[torch.Tensor, torch.Tensor]], t: int) -> dict[str, torch.Tensor]:
+              moments: dict[str, tuple[torch.Tensor, torch.Tensor]], t: int,
+              lr: float | None = None) -> dict[str, torch.Tensor]:
         """One optimiser step with torch's SGD / Adam rules (no momentum for SGD, as the client uses)."""
-        lr, wd = self.obs.lr, self.obs.weight_decay
+        lr, wd = (self.obs.lr if lr is None else lr), self.obs.weight_decay
         out = {}
         for n, p in params.items():
             g = grads[n] + wd * p if wd else grads[n]

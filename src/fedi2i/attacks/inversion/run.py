@@ -322,7 +322,8 @@ def attack_recorded_round(run_dir: Path, round_index: int, client: str, method: 
     scope = "batch"
     if truth is None:
         if client not in data.train:
-            raise ConfigError(f"client {client!r} has no training data; training centres: {', '.join(sorted(data.train))}")
+            raise ConfigError(f"client {client!r} has no training data; training centres: "
+                              f"{', '.join(sorted(data.train))}")
         truth, scope = data.train[client], "all training slices"
     scores = score(truth.mr, truth.ct, recon.mr, recon.ct)
     out_dir = Path(out_dir or run_dir / "attacks" / "inversion")

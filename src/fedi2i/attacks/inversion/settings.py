@@ -20,6 +20,14 @@ Stage = Literal["early", "trained"]
 METHODS: tuple[str, ...] = ("dlg", "ig", "i2i")
 
 
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Nested dict update: ``{"i2i": {"lr": 0.1}}`` changes one field of the method, not all of them."""
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -108,8 +116,7 @@ class InversionSettings(_Strict):
     @classmethod
     def from_config(cls, config: Config, overrides: dict[str, Any] | None = None) -> "InversionSettings":
         """Read ``config.attacks["inversion"]`` (defaults for what it leaves out)."""
-        raw = dict(config.attacks.get("inversion") or {})
-        raw.update(overrides or {})
+        raw = _merge(dict(config.attacks.get("inversion") or {}), overrides or {})
         try:
             settings = cls.model_validate(raw)
         except ValidationError as exc:

@@ -251,8 +251,10 @@ def _train_cell(config: Config, data: FederatedData, cell: PoisonCell, out_dir: 
 def cell_fingerprint(config: Config, settings: PoisonSettings, cell: PoisonCell) -> str:
     """Hash of everything that determines a cell's numbers, so a changed setting reruns the cell."""
     cfg = cell_config(config, settings, cell).model_dump(mode="json")
-    cfg.pop("name", None)
-    cfg.pop("attacks", None)
+    for unused in ("name", "attacks", "secagg"):  # SecAgg is always off in a cell
+        cfg.pop(unused, None)
+    if not cfg["dp"]["enabled"]:
+        cfg["dp"] = {"enabled": False}
     payload = {"cell": cell.as_dict(), "config": cfg, "seed": settings.seed, "clip_ct": settings.clip_ct,
                "detector": settings.detector.model_dump()}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
