@@ -176,6 +176,7 @@ def test_detection_table_roc_per_level() -> None:
     assert high["margin"] == pytest.approx(4.5) and low["margin"] == pytest.approx(-0.2)
     assert entry["separated"]["1"] == {"low": False, "high": True}
     assert entry["stops_separating_at"] == {"all": "low", "1": "low"}
+    assert detection_table(results, min_gap=5.0)["attacks"]["x"]["stops_separating_at"]["1"] == "high"
     assert table["baseline_false_alarm_rate"] == 0.0 and math.isclose(high["auc_per_round"][0], 1.0)
 
 

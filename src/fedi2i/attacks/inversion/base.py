@@ -113,8 +113,9 @@ def replay_groups(replay: LocalReplay, obs: Observation, x: torch.Tensor, loss: 
 
 
 def _capped(steps: int, lr: float) -> tuple[int, float]:
-    n = min(steps, MAX_REPLAY_STEPS)
-    return n, lr * steps / n
+    if steps <= MAX_REPLAY_STEPS:
+        return steps, lr
+    return MAX_REPLAY_STEPS, lr * steps / MAX_REPLAY_STEPS
 
 
 def cosine_distance(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:

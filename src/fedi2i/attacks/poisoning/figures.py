@@ -44,12 +44,19 @@ def quality_vs_level(rows: list[dict[str, Any]], attack: str, levels: list[str],
                 if pts:
                     ax.plot(*zip(*pts), styles[ci % len(styles)], marker="o", color=f"C{ri}",
                             label=f"{rule}, {n} malicious")
+                broken = [i for i, lv in enumerate(levels, start=1) if any(
+                    (r["attack"], r["rule"], r["level"], r["n_malicious"]) == (attack, rule, lv, n)
+                    and r["status"] == "done" and r[metric] is None for r in rows)]
+                if broken:  # collapsed or NaN: no MAE to plot, mark it at the top of the axis
+                    ax.plot(broken, [0.97 + 0.02 * ci - 0.04 * ri] * len(broken), "X", ms=9, color=f"C{ri}",
+                            transform=ax.get_xaxis_transform(), clip_on=False)
         ax.set_xticks(range(len(xs)), xs)
         ax.set_xlabel("noise level")
         ax.set_ylabel(f"MAE (HU), {label}")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    fig.suptitle(f"{attack}: synthesis quality vs noise level (none: the rule's no-attack baseline)")
+    fig.suptitle(f"{attack}: synthesis quality vs noise level (none: the rule's no-attack baseline; "
+                 "X at the top: collapsed or NaN)")
     fig.tight_layout()
     return save(fig, path)
 

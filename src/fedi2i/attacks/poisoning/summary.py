@@ -2,8 +2,10 @@
 
 Levels are taken in sweep order, which the settings define from weakest to strongest; "where the
 detector stops separating" is read along that order. A level is *separated* when the detector's final
-running scores leave a gap between every malicious centre and every honest one (baselines included):
-some threshold then flags all attackers and no honest-but-different centre (final-round AUC = 1).
+running scores leave a gap of at least ``MIN_GAP`` between every malicious centre and every honest one
+(baselines included): a threshold then flags all attackers and no honest-but-different centre with room
+to spare. A gap of a few hundredths (e.g. two attackers and two honest centres all scoring about 0.7,
+the symmetric half-and-half case) ranks perfectly (AUC 1) but tells nothing, hence the minimum.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from fedi2i.fl.engine import write_json
 
+MIN_GAP = 0.5  # in units of the running score (robust z): half a robust standard deviation
 QUALITY_COLUMNS = ("key", "rule", "attack", "level", "n_malicious", "malicious", "tolerates", "status",
                    "unseen_mae", "unseen_psnr", "unseen_ssim", "honest_mae", "honest_psnr", "honest_ssim",
                    "baseline_unseen_mae", "delta_unseen_mae", "collapsed", "diverged", "flagged", "seconds", "skip_reason")
@@ -135,7 +138,7 @@ def _roc(pos: list[dict[str, Any]], neg: list[dict[str, Any]], rounds: int) -> d
             "margin": margin}
 
 
-def detection_table(results: list[dict[str, Any]]) -> dict[str, Any]:
+def detection_table(results: list[dict[str, Any]], min_gap: float = MIN_GAP) -> dict[str, Any]:
     """Detection per attack and level, for all runs pooled and per number of malicious centres.
 
     Positives: malicious centres of that level's cells (every rule). Negatives: honest centres of the same
@@ -163,12 +166,13 @@ def detection_table(results: list[dict[str, Any]]) -> dict[str, Any]:
                                    **_roc(pos, honest + baseline, rounds)}
             entry["by_level"][level] = row
         for split in dict.fromkeys(k for lv in levels for k in entry["by_level"][lv]):
-            sep = {lv: entry["by_level"][lv][split]["margin"] > 0 for lv in levels
+            sep = {lv: entry["by_level"][lv][split]["margin"] >= min_gap for lv in levels
                    if split in entry["by_level"][lv] and entry["by_level"][lv][split]["margin"] is not None}
             entry["separated"][split] = sep
             failing = [lv for lv in levels if sep.get(lv) is False]
             entry["stops_separating_at"][split] = failing[-1] if failing else None
         table["attacks"][attack] = entry
+    table["min_gap"] = min_gap
     return table
 
 
@@ -188,8 +192,9 @@ def detection_markdown(table: dict[str, Any]) -> str:
                 per_round = " ".join(f"{a:.2f}" for a in d["auc_per_round"])
                 lines.append(f"| {level} | {split} | {_fmt(d['detection_rate'], 2)} | {_fmt(d['false_alarm_rate'], 2)} "
                              f"| {_fmt(d['margin'], 2)} | {_fmt(d['auc'], 2)} | {per_round} |")
-        lines.append("\nmargin: lowest malicious minus highest honest final score (baselines included); > 0 "
-                     "means some threshold flags every attacker and no honest centre.\n")
+        lines.append(f"\nmargin: lowest malicious minus highest honest final score (baselines included); a level "
+                     f"counts as separated when it is at least {table['min_gap']} (a threshold then flags every "
+                     "attacker and no honest centre with room to spare).\n")
         for split, stop in entry["stops_separating_at"].items():
             who = "all runs" if split == "all" else f"{split} malicious"
             lines.append(f"- {who}: " + (f"attackers not separated from honest centres up to level **{stop}**"
