@@ -1,4 +1,6 @@
-"""What the poisoning study costs (usage: poisoning_detector.py [rounds] [threads]): one matrix cell at the quick preset's size, and the detector's share.
+"""What the poisoning study costs: one matrix cell at the quick preset's size, and the detector's share.
+
+Usage: ``.venv/bin/python bench/poisoning_detector.py [rounds] [threads]``.
 
 Runs one attacked cell (FedMedian, one malicious centre with medium data noise) on a phantom federation
 of the quick preset's size and prints, side by side: wall time per round, time the server spends

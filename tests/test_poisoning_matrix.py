@@ -71,7 +71,8 @@ def test_rerun_skips_finished_cells(matrix: tuple, tiny_data) -> None:
     cfg, out, res = matrix
     seen = []
     again = run_poison_matrix(cfg, tiny_data, out, on_cell=lambda cell, result, reused: seen.append(reused))
-    assert seen == [True] * 4 and {r["key"]: r["unseen_mean"] for r in again} == {k: v["unseen_mean"] for k, v in res.items()}
+    assert seen == [True] * 4
+    assert {r["key"]: r["unseen_mean"] for r in again} == {k: v["unseen_mean"] for k, v in res.items()}
     changed = cfg.model_copy(update={"attacks": {"poison": {**POISON, "update_noise": {"huge": 999.0}}}})
     cells = [c for c in plan_poison(changed, data=tiny_data) if c.attack == "none"]
     reused = []
@@ -105,6 +106,8 @@ def test_cli_reuses_cells_and_writes_outputs(matrix: tuple, tmp_path: Path) -> N
     assert "| fedmedian | 1 |" in (out / "poisoning.md").read_text()
     bad = CliRunner().invoke(app, ["attack", "poison", "--config", str(path), "--out", str(out), "--quiet",
                                    "--set", "attacks.poison.levels=[nope]"])
+    plan = CliRunner().invoke(app, ["attack", "poison", "--config", str(path), "--plan"])
+    assert plan.exit_code == 0 and "4 cells" in plan.output
     assert bad.exit_code == 2 and "no value for" in bad.output and "nope" in bad.output
 
 

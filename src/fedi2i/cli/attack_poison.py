@@ -11,8 +11,10 @@ from rich.table import Table
 
 from fedi2i.attacks.poisoning import load_poison_settings, plan_poison, run_poison_matrix, summarise_poison
 from fedi2i.attacks.poisoning.matrix import PoisonCell
+from fedi2i.attacks.poisoning.settings import PoisonSettings
 from fedi2i.cli.app import attack_app, console, fail, load_cli_config, parse_overrides, setup_logging
-from fedi2i.data.federation import load_federation
+from fedi2i.config import Config
+from fedi2i.data.federation import FederatedData, load_federation
 from fedi2i.errors import Fedi2iError
 
 
@@ -50,7 +52,9 @@ def poison_command(
     console.print(f"outputs in [bold]{out}[/] (poisoning.md, quality.csv/json, detection.csv/json, figures/)")
 
 
-def _run(cfg, fed, cells: list[PoisonCell], settings, out: Path, quiet: bool) -> list[dict[str, Any]]:
+def _run(cfg: Config, fed: FederatedData, cells: list[PoisonCell], settings: PoisonSettings, out: Path,
+         quiet: bool) -> list[dict[str, Any]]:
+    """Run the matrix, with two progress bars: cells done / total, and rounds of the current cell."""
     if quiet:
         return run_poison_matrix(cfg, fed, out, settings, cells)
     rounds = settings.rounds or cfg.train.rounds
@@ -83,7 +87,8 @@ def show_plan(cells: list[PoisonCell]) -> None:
     for col in ("key", "malicious", "strength", "rule tolerates", "note"):
         table.add_column(col)
     for c in cells:
-        table.add_row(c.key, " ".join(c.malicious) or "-", ", ".join(f"{k}={v:g}" for k, v in c.strength.items()) or "-",
+        strength = ", ".join(f"{k}={v:g}" for k, v in c.strength.items()) or "-"
+        table.add_row(c.key, " ".join(c.malicious) or "-", strength,
                       str(c.tolerates), c.skip_reason or "")
     console.print(table)
 

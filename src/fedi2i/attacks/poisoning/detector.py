@@ -10,7 +10,8 @@ Each feature is turned into a robust z-score across the round's centres, ``(x - 
 so a centre is compared with the spread the honest centres themselves show (scanner differences included).
 The MAD is floored (``scale_floor``, in log units: 0.25 means differences below a factor exp(3 * 0.25) = 2.1
 are never flagged at z = 3) because with four centres it can be near zero by chance, which would turn
-ordinary differences into huge z-scores. Every z counts one way only: larger, further, less aligned (a smaller update weighs less in any mean and cannot drag the model far). The round score is the
+ordinary differences into huge z-scores. Every z counts one way only: larger, further, less aligned
+(a smaller update weighs less in any mean and cannot drag the model far). The round score is the
 largest of the three; the running score is their exponentially weighted mean over the rounds so far
 (bias-corrected, so round 0 counts fully and later rounds weigh more), so one odd round among many is
 not enough. A centre is flagged while its running score exceeds ``threshold``.

@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from fedi2i.attacks.poisoning.summary import attack_levels  # noqa: E402
 
@@ -83,6 +84,7 @@ def detector_scores(results: list[dict[str, Any]], attack: str, levels: list[str
                             alpha=1.0 if bad else 0.6, label=f"{cid}{' (malicious)' if bad else ''}")
                 ax.legend(fontsize=6)
             ax.axhline(threshold, color="k", ls="--", lw=0.8)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_title(f"{'no attack' if lv == 'none' else lv}, {0 if lv == 'none' else n} malicious", fontsize=9)
             ax.set_xlabel("round")
             ax.grid(alpha=0.3)
@@ -115,6 +117,7 @@ def detector_roc(detection: dict[str, Any], attack: str, path: Path) -> Path:
     a2.axhline(0.5, color="k", ls=":", lw=0.8)
     a2.set_ylim(0, 1.02)
     a2.set_xlabel("round")
+    a2.xaxis.set_major_locator(MaxNLocator(integer=True))
     a2.set_ylabel("AUC")
     a2.set_title("ROC AUC over rounds")
     for ax in (a1, a2):
@@ -143,6 +146,7 @@ def validation_curves(results: list[dict[str, Any]], attack: str, levels: list[s
                         label="no attack" if lv == "none" else lv)
         ax.set_title(f"{rule}, {n} malicious", fontsize=9)
         ax.set_xlabel("round")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     axes[0, 0].set_ylabel("honest validation MAE (HU)")

@@ -24,7 +24,8 @@ from fedi2i.fl.engine import write_json
 MIN_GAP = 0.5  # in units of the running score (robust z): half a robust standard deviation
 QUALITY_COLUMNS = ("key", "rule", "attack", "level", "n_malicious", "malicious", "tolerates", "status",
                    "unseen_mae", "unseen_psnr", "unseen_ssim", "honest_mae", "honest_psnr", "honest_ssim",
-                   "baseline_unseen_mae", "delta_unseen_mae", "collapsed", "diverged", "flagged", "seconds", "skip_reason")
+                   "baseline_unseen_mae", "delta_unseen_mae", "collapsed", "diverged", "flagged", "seconds",
+                   "skip_reason")
 
 
 def _ordered(values: Iterable[str]) -> list[str]:
@@ -150,7 +151,8 @@ def detection_table(results: list[dict[str, Any]], min_gap: float = MIN_GAP) -> 
     baseline = [s for s in samples if s["attack"] == "none"]
     rounds = max((len(s["series"]) for s in samples), default=0)
     table: dict[str, Any] = {"baseline_false_alarm_rate": _rate(baseline), "baseline_n": len(baseline),
-                             "baseline_flagged": sorted({f"{s['rule']}:{s['centre']}" for s in baseline if s["flagged"]}),
+                             "baseline_flagged": sorted({f"{s['rule']}:{s['centre']}" for s in baseline
+                                                         if s["flagged"]}),
                              "attacks": {}}
     for attack, levels in attack_levels(results).items():
         entry: dict[str, Any] = {"levels": levels, "by_level": {}, "separated": {}, "stops_separating_at": {}}
@@ -185,7 +187,8 @@ def detection_markdown(table: dict[str, Any]) -> str:
              f"{_fmt(table['baseline_false_alarm_rate'], 2)}\n"]
     for attack, entry in table["attacks"].items():
         lines.append(f"### {attack}: detection per level (all rules pooled)\n")
-        lines.append("| level | malicious | detection rate | false alarms (honest) | margin | AUC final | AUC per round |")
+        lines.append("| level | malicious | detection rate | false alarms (honest) | margin | AUC final "
+                     "| AUC per round |")
         lines.append("|---|---|---|---|---|---|---|")
         for level in entry["levels"]:
             for split, d in entry["by_level"][level].items():
@@ -245,7 +248,8 @@ def summarise_poison(results: list[dict[str, Any]], out_dir: Path) -> dict[str, 
     det_rows = [{"attack": a, "level": lv, "malicious": split, **{k: d[k] for k in
                  ("detection_rate", "false_alarm_rate", "margin", "auc", "n_malicious_samples",
                   "n_honest_samples")}}
-                for a, e in detection["attacks"].items() for lv in e["levels"] for split, d in e["by_level"][lv].items()]
+                for a, e in detection["attacks"].items() for lv in e["levels"]
+                for split, d in e["by_level"][lv].items()]
     write_json(out_dir / "detection.json", detection)
     write_csv(out_dir / "detection.csv", det_rows, ("attack", "level", "malicious", "detection_rate",
                                                      "false_alarm_rate", "margin", "auc", "n_malicious_samples",
