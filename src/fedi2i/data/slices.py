@@ -122,6 +122,23 @@ class PatientSplit:
         return [p for pids in self.train.values() for p in pids]
 
 
+def centre_split(centre: str, pids: list[str], index: int, val_fraction: float, test_fraction: float,
+                 seed: int) -> tuple[list[str], list[str], list[str]]:
+    """(train, val, test) patient IDs of the training centre at position ``index`` in the config.
+
+    Seeded by (seed, index) only, so a Flower node that sees just its own centre splits it exactly as
+    the in-process engine does.
+    """
+    pids = sorted(pids)
+    order = np.random.default_rng([seed, 104729, index]).permutation(len(pids))
+    pids = [pids[j] for j in order]
+    n_val = int(round(val_fraction * len(pids)))
+    n_test = int(round(test_fraction * len(pids)))
+    if len(pids) - n_val - n_test < 1:
+        raise DataError(f"centre {centre} has {len(pids)} patients: too few to keep one for training")
+    return sorted(pids[n_val + n_test:]), sorted(pids[:n_val]), sorted(pids[n_val:n_val + n_test])
+
+
 def split_patients(records: list[PatientRecord], train_centres: list[str], unseen_centres: list[str],
                    val_fraction: float, test_fraction: float, seed: int) -> PatientSplit:
     """Seeded patient-level split per training centre (slices of one patient never cross splits)."""
@@ -133,16 +150,8 @@ def split_patients(records: list[PatientRecord], train_centres: list[str], unsee
         raise DataError(f"centre(s) {', '.join(missing)} have no patients; found {sorted(by_centre)}")
     train, val, test = {}, {}, {}
     for i, centre in enumerate(train_centres):
-        pids = sorted(by_centre[centre])
-        order = np.random.default_rng([seed, 104729, i]).permutation(len(pids))
-        pids = [pids[j] for j in order]
-        n_val = int(round(val_fraction * len(pids)))
-        n_test = int(round(test_fraction * len(pids)))
-        if len(pids) - n_val - n_test < 1:
-            raise DataError(f"centre {centre} has {len(pids)} patients: too few to keep one for training")
-        val[centre] = sorted(pids[:n_val])
-        test[centre] = sorted(pids[n_val:n_val + n_test])
-        train[centre] = sorted(pids[n_val + n_test:])
+        train[centre], val[centre], test[centre] = centre_split(
+            centre, by_centre[centre], i, val_fraction, test_fraction, seed)
     for centre in unseen_centres:
         test[centre] = sorted(by_centre[centre])
     return PatientSplit(train=train, val=val, test=test)

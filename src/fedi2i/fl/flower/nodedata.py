@@ -13,10 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from fedi2i.config import DataConfig
-from fedi2i.data.slices import SliceSet, load_slices
+from fedi2i.data.slices import SliceSet, centre_split, load_slices
 from fedi2i.data.synthrad import PatientRecord, load_centre_mapping, scan_dataset
 from fedi2i.errors import ConfigError, DataError
 
@@ -44,19 +42,6 @@ class CentreData:
         return self._load(self.val_ids) if self.val_ids else None
 
 
-def centre_split(pids: list[str], index: int, val_fraction: float, test_fraction: float,
-                 seed: int) -> tuple[list[str], list[str], list[str]]:
-    """(train, val, test) patient IDs of the training centre at position ``index`` (see module doc)."""
-    pids = sorted(pids)
-    order = np.random.default_rng([seed, 104729, index]).permutation(len(pids))
-    pids = [pids[j] for j in order]
-    n_val = int(round(val_fraction * len(pids)))
-    n_test = int(round(test_fraction * len(pids)))
-    if len(pids) - n_val - n_test < 1:
-        raise DataError(f"centre has {len(pids)} patients: too few to keep one for training")
-    return sorted(pids[n_val + n_test:]), sorted(pids[:n_val]), sorted(pids[n_val:n_val + n_test])
-
-
 def load_centre(cfg: DataConfig, seed: int, centre: str, root: Path,
                 mapping: Path | None = None) -> CentreData:
     """Scan ``root`` for ``centre``'s patients and split them as the in-process engine does."""
@@ -70,6 +55,6 @@ def load_centre(cfg: DataConfig, seed: int, centre: str, root: Path,
         found = sorted({r.centre for r in records})
         raise DataError(f"no patients of centre {centre} under {root} (centres found: {found}); check the "
                         f"node's data-path and centre-id")
-    train, val, _ = centre_split(list(mine), cfg.train_centres.index(centre), cfg.val_fraction,
+    train, val, _ = centre_split(centre, list(mine), cfg.train_centres.index(centre), cfg.val_fraction,
                                  cfg.test_fraction, seed)
     return CentreData(centre, Path(root), train, val, mine, cfg)
