@@ -101,7 +101,7 @@ def test_table_states_the_verdict_on_the_study_bound(tmp_path: Path) -> None:
     results[1]["background"] = {"mri_ssim": 0.40, "ct_ssim": 0.02}  # most of that SSIM is background
     text = write_inversion_table(results, tmp_path / "table.md").read_text()
     assert "+0.060 over an empty image" in text and "0 of 3 settings are more than" in text
-    assert "2 of 3" not in text and "1 of 3 settings beat the study's bound" in text and "+0.300 SSIM" in text
+    assert "2 of 3" not in text and "By raw SSIM, 1 of 3 settings beat the study's bound" in text and "+0.300 SSIM" in text
     assert "No setting beats" in verdict([row("dlg", 0.1)])
 
 

@@ -52,7 +52,7 @@ class IGSettings(_Strict):
 class I2ISettings(_Strict):
     """The image-to-image attack: recovers the MRI and the CT (see ``i2i.py`` for the method)."""
 
-    levels: int = Field(3, ge=1)  # coarse-to-fine pyramid: H / 2**(levels-1) ... H / 2 before full size
+    levels: int = Field(5, ge=1)  # coarse-to-fine pyramid: H / 2**(levels-1) ... H / 2 (sizes >= 4 px)
     level_iterations: int = Field(25, ge=0)  # L-BFGS steps per coarse level
     iterations: int = Field(300, ge=0)  # Adam steps at full resolution
     lr: float = Field(0.03, gt=0)
