@@ -80,6 +80,15 @@ def test_bad_updates_rejected_round_continues() -> None:
         agg.aggregate_round(1, torch.zeros(4), updates[2:])
 
 
+def test_rejections_leaving_too_few_for_robust_rule_abort_the_round() -> None:
+    agg = Aggregator(build_rule("krum", krum_f=1), numel=4, min_clients=1)
+    good = [_update(c, torch.randn(4)) for c in "ABCDE"]
+    assert torch.isfinite(agg.aggregate_round(0, torch.zeros(4), good).new_global).all()
+    bad = good[:4] + [_update("E", torch.full((4,), float("nan")))]
+    with pytest.raises(AggregationError, match=r"round 1: 4 usable update\(s\) left.*E"):
+        agg.aggregate_round(1, torch.zeros(4), bad)
+
+
 def test_centre_without_data_is_clear(tiny_config: Config, tiny_data, tmp_path: Path) -> None:
     from fedi2i.data.slices import SliceSet
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from fedi2i.attacks.poisoning.summary import attack_levels
+from fedi2i.attacks.poisoning.summary import MIN_GAP, attack_levels
 
 # The study's findings (J Med Syst 2026;50:108), as stated in its abstract.
 STUDY = {
@@ -88,11 +88,28 @@ def inversion_rows(cells: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     return list(ok_results(cells, "inversion").values())
 
 
+def inversion_margin(row: dict[str, Any]) -> float:
+    """SSIM above an empty (all-background) image on the same slices, best of MRI and CT.
+
+    Raw 2D SSIM counts the air around the head: an all-background image already scores 0.2-0.8, so only
+    the excess over that level is recovered anatomy. Rows without the level fall back to raw SSIM.
+    """
+    empty = row.get("background") or {}
+    return max(row[f"{m}_ssim"] - (empty.get(f"{m}_ssim") or 0.0) for m in ("mri", "ct")
+               if row.get(f"{m}_ssim") is not None)
+
+
 def best_inversion(rows: list[dict[str, Any]], defence: str, methods: tuple[str, ...] | None = None
                    ) -> dict[str, Any] | None:
+    """The most revealing row of a defence: largest SSIM excess over an empty image."""
     chosen = [r for r in rows if r.get("defence") == defence and (methods is None or r.get("method") in methods)
               and r.get("mri_ssim") is not None]
-    return max(chosen, key=lambda r: max(r["mri_ssim"], r.get("ct_ssim") or 0.0)) if chosen else None
+    return max(chosen, key=inversion_margin) if chosen else None
+
+
+def _inversion_text(row: dict[str, Any]) -> str:
+    return (f"{inversion_margin(row):+.2f} SSIM over an empty image ({row['method']}, batch {row['batch']}; "
+            f"raw MRI SSIM {row['mri_ssim']:.2f}, CT SSIM {_fmt(row.get('ct_ssim'))})")
 
 
 # --- poisoning ----------------------------------------------------------------------------------
@@ -176,28 +193,27 @@ def summarise(cells: dict[str, dict[str, Any]], detection: dict[str, Any] | None
     inv_def = [(best_inversion(inv, d), d) for d in ("secagg", "dp")]
     inv_def = [(r, d) for r, d in inv_def if r is not None]
     if best_none is not None:
-        top = max(best_none["mri_ssim"], best_none.get("ct_ssim") or 0)
         if inv_def:
-            r, d = min(inv_def, key=lambda x: max(x[0]["mri_ssim"], x[0].get("ct_ssim") or 0))
-            defended_txt = f"best SSIM {max(r['mri_ssim'], r.get('ct_ssim') or 0):.2f} ({r['method']}, batch {r['batch']})"
+            r, d = min(inv_def, key=lambda x: inversion_margin(x[0]))
+            defended_txt = _inversion_text(r)
             dname = {"secagg": "secure aggregation", "dp": "differential privacy"}[d]
         else:
             defended_txt, dname = "not measured", "secure aggregation"
         threats.append(Threat(
             "Gradient inversion (curious server reconstructs a centre's images from its update)",
-            f"best SSIM {top:.2f} ({best_none['method']}, batch {best_none['batch']}; MRI SSIM "
-            f"{best_none['mri_ssim']:.2f}, CT SSIM {_fmt(best_none.get('ct_ssim'))})",
-            dname, defended_txt, _level(top, 0.5, STUDY["dlg_ssim"])))
+            _inversion_text(best_none), dname, defended_txt,
+            _level(inversion_margin(best_none), 0.5, STUDY["dlg_ssim"])))
     if best_dlg is not None:
         s, p = best_dlg["mri_ssim"], best_dlg["mri_psnr"]
         comps.append(Comparison("DLG recovers only coarse anatomy", "SSIM <= 0.16, PSNR <= 11 dB",
                                 f"best DLG MRI SSIM {s:.2f}, PSNR {p:.1f} dB",
                                 "reproduced" if s <= STUDY["dlg_ssim"] + 0.05 else "exceeded"))
     if best_none is not None:
-        top = max(best_none["mri_ssim"], best_none.get("ct_ssim") or 0)
+        excess = inversion_margin(best_none)
         comps.append(Comparison("Stronger inversion than DLG (not in the study)", "SSIM <= 0.16 with DLG",
-                                f"best {best_none['method']} SSIM {top:.2f} (batch {best_none['batch']})",
-                                "exceeded" if top > STUDY["dlg_ssim"] else "reproduced"))
+                                f"best {best_none['method']} (batch {best_none['batch']}): {excess:+.2f} SSIM over "
+                                f"an empty image (raw SSIM {max(best_none['mri_ssim'], best_none.get('ct_ssim') or 0):.2f})",
+                                "exceeded" if excess > STUDY["dlg_ssim"] else "reproduced"))
 
     # poisoning
     levels = {a: sorted(lv, key=lambda x: LEVEL_ORDER.index(x) if x in LEVEL_ORDER else len(LEVEL_ORDER))
@@ -223,18 +239,37 @@ def summarise(cells: dict[str, dict[str, Any]], detection: dict[str, Any] | None
                                 "reproduced" if med_ratio and med_ratio <= 1.2 else "not reproduced" if med_ratio else "not measured"))
         det = (detection or {}).get(noise_attack)
         if det:
-            low_auc = det["auc"].get(low)
-            comps.append(Comparison("Low noise is stealthy (looks like heterogeneity)",
-                                    "indistinguishable from natural heterogeneity",
-                                    f"detector AUC {_fmt(low_auc)} at {low}; stops separating at "
-                                    f"{det.get('stops_separating_at') or 'no tested level'}",
-                                    "reproduced" if low_auc is None or low_auc < 0.8 else "exceeded"))
-            threats.append(Threat("Stealthy low-level poisoning", f"detector AUC {_fmt(low_auc)} at {low}",
-                                  "update monitor (robust z-scores over rounds)",
-                                  "detector AUC per level: " + ", ".join(
-                                      f"{lv} {_fmt(a)}" for lv, a in det["auc"].items()),
-                                  "high" if low_auc is None or low_auc < 0.8 else "medium"))
+            threat, comp = _stealth(det, low)
+            threats.append(threat)
+            comps.append(comp)
     return threats, comps
+
+
+def _stealth(det: dict[str, Any], low: str) -> tuple[Threat, Comparison]:
+    """Is the lowest noise level separable from honest centres? Judged by the detector's margin (lowest
+    attacker score minus highest honest score) per number of malicious centres, not the pooled AUC, which
+    can be high while an honest centre still outscores an attacker."""
+    stops = det.get("stops_separating_at_by_malicious") or {}
+    margins = det.get("margin", {}).get(low, {})
+    splits = sorted(k for k in stops if k != "all") or ["all"]
+
+    def said(split: str) -> str:
+        who = "pooled runs" if split == "all" else f"{split} malicious"
+        stop = stops.get(split)
+        where = f"not separated up to level {stop}" if stop else "separated at every level"
+        return f"{who}: {where} (margin at {low} {_fmt(margins.get(split))})"
+
+    text = "; ".join(said(k) for k in splits)
+    hidden = [k for k in splits if margins.get(k) is None or margins[k] < MIN_GAP]
+    stealthy_alone = splits[0] in hidden  # the fewest malicious centres: the detector's design case
+    verdict = "high" if stealthy_alone else "medium" if hidden or any(stops.get(k) for k in splits) else "low"
+    threat = Threat("Stealthy low-level poisoning", text, "update monitor (robust z-scores over rounds)",
+                    "detector AUC per level: " + ", ".join(f"{lv} {_fmt(a)}" for lv, a in det["auc"].items()),
+                    verdict)
+    comp = Comparison("Low noise is stealthy (looks like heterogeneity)",
+                      "indistinguishable from natural heterogeneity", text,
+                      "reproduced" if stealthy_alone else "exceeded")
+    return threat, comp
 
 
 def as_dicts(items: list[Any]) -> list[dict[str, Any]]:

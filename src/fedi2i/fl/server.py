@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from fedi2i.errors import AggregationError, UpdateRejected
+from fedi2i.errors import AggregationError, ConfigError, UpdateRejected
 from fedi2i.fl.client import ClientUpdate
 from fedi2i.fl.observer import CuriousServerRecorder
 from fedi2i.fl.secagg import SecAggConfig, secure_sum
@@ -83,7 +83,11 @@ class Aggregator:
         accepted, rejected = self.screen(updates)
         counts = {u.cid: u.num_examples for u in accepted}
         if self.secagg is None:
-            self.rule.check(len(accepted))
+            try:
+                self.rule.check(len(accepted))
+            except ConfigError as exc:  # the setting was valid; this round lost clients to rejections
+                raise AggregationError(f"round {round_index}: {len(accepted)} usable update(s) left after "
+                                       f"rejections ({rejected or 'none'}), too few for this rule: {exc}") from None
             stacked = torch.stack([u.delta for u in accepted])
             aggregate = self.rule.aggregate(stacked, torch.tensor([u.num_examples for u in accepted],
                                                                    dtype=torch.float32))

@@ -1,0 +1,59 @@
+"""The audit's verdicts read the right quantity: SSIM over an empty image, the detector's margin."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fedi2i.audit.findings import inversion_margin, summarise
+
+
+def _inversion(key: str, method: str, mri: float, ct: float, empty: tuple[float, float]) -> dict[str, Any]:
+    return {"kind": "inversion", "status": "ok", "result": {
+        "key": key, "method": method, "batch": 1, "defence": "none", "mri_ssim": mri, "mri_psnr": 9.0,
+        "ct_ssim": ct, "ct_psnr": 9.0, "background": {"mri_ssim": empty[0], "ct_ssim": empty[1]}}}
+
+
+def _comparison(comps: list, finding: str):
+    return next(c for c in comps if c.finding.startswith(finding))
+
+
+def test_inversion_verdict_discounts_the_empty_image_level() -> None:
+    # raw CT SSIM 0.72 but an all-background image already scores 0.80: no anatomy recovered
+    air = {"inversion/a": _inversion("a", "i2i", 0.30, 0.72, (0.35, 0.80)),
+           "inversion/b": _inversion("b", "dlg", 0.01, 0.00, (0.35, 0.80))}
+    _, comps = summarise(air)
+    assert _comparison(comps, "Stronger inversion").status == "reproduced"
+    # the same raw score over a dark background (empty image 0.10) is a real reconstruction
+    leak = {**air, "inversion/c": _inversion("c", "i2i", 0.30, 0.72, (0.05, 0.10))}
+    threats, comps = summarise(leak)
+    assert _comparison(comps, "Stronger inversion").status == "exceeded"
+    assert abs(inversion_margin(leak["inversion/c"]["result"]) - 0.62) < 1e-9
+    inversion = next(t for t in threats if t.threat.startswith("Gradient inversion"))
+    assert "+0.62 SSIM over an empty image" in inversion.exposure
+
+
+def _poison(rule: str, attack: str, level: str, mae: float) -> dict[str, Any]:
+    return {"kind": "poison", "status": "ok", "result": {"status": "done", "rule": rule, "attack": attack,
+                                                         "level": level, "unseen_mean": {"mae": mae}}}
+
+
+def _detection(margin_one: float, margin_two: float) -> dict[str, Any]:
+    fails = {"1": "low" if margin_one < 0.5 else None, "2": "low" if margin_two < 0.5 else None}
+    return {"data_noise": {"auc": {"low": 0.95, "high": 1.0},  # a high pooled AUC either way
+                           "stops_separating_at_by_malicious": {"all": None, **fails},
+                           "margin": {"low": {"all": 1.0, "1": margin_one, "2": margin_two}}}}
+
+
+def test_stealth_verdict_follows_the_margin_not_the_pooled_auc() -> None:
+    cells = {f"poison/{r}-{a}-{lv}": _poison(r, a, lv, m) for r, a, lv, m in [
+        ("fedavg", "none", "none", 300.0), ("fedavg", "data_noise", "low", 305.0),
+        ("fedavg", "data_noise", "high", 500.0), ("fedmedian", "none", "none", 300.0),
+        ("fedmedian", "data_noise", "high", 310.0)]}
+    threats, comps = summarise(cells, _detection(margin_one=-0.2, margin_two=-0.4))
+    assert _comparison(comps, "Low noise is stealthy").status == "reproduced"
+    assert next(t for t in threats if t.threat.startswith("Stealthy")).verdict == "high"
+    threats, comps = summarise(cells, _detection(margin_one=2.0, margin_two=-0.4))
+    assert _comparison(comps, "Low noise is stealthy").status == "exceeded"
+    stealth = next(t for t in threats if t.threat.startswith("Stealthy"))
+    assert stealth.verdict == "medium" and "2 malicious: not separated" in stealth.exposure
+    assert _comparison(comps, "High noise makes FedAvg inoperative").status == "reproduced"  # 500/300
