@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -41,7 +42,16 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
     return overrides
 
 
-def load_cli_config(config: str, overrides: dict[str, Any]) -> Config:
+def load_cli_config(config: str, set_: list[str] | None = None, **options: Any) -> Config:
+    """A preset or YAML file with the ``--set`` pairs, then the command's own options on top.
+
+    ``options`` are dotted keys passed as ``data__root=...``; None means "not given" and is skipped, so a
+    command's flags only override the config when the user used them.
+    """
+    overrides = parse_overrides(set_)
+    for key, value in options.items():
+        if value is not None:
+            overrides[key.replace("__", ".")] = str(value) if isinstance(value, Path) else value
     return load_config(config, overrides)
 
 

@@ -12,7 +12,7 @@ from rich.table import Table
 from fedi2i.attacks.poisoning import load_poison_settings, plan_poison, run_poison_matrix, summarise_poison
 from fedi2i.attacks.poisoning.matrix import PoisonCell
 from fedi2i.attacks.poisoning.settings import PoisonSettings
-from fedi2i.cli.app import attack_app, console, fail, load_cli_config, parse_overrides, setup_logging
+from fedi2i.cli.app import attack_app, console, fail, load_cli_config, setup_logging
 from fedi2i.config import Config
 from fedi2i.data.federation import FederatedData, load_federation
 from fedi2i.errors import Fedi2iError
@@ -33,10 +33,7 @@ def poison_command(
     """Train every cell of the poisoning matrix, watch it with the update detector, write tables and figures."""
     setup_logging(verbose)
     try:
-        overrides = parse_overrides(set_)
-        if data is not None:
-            overrides["data.root"] = str(data)
-        cfg = load_cli_config(config, overrides)
+        cfg = load_cli_config(config, set_, data__root=data)
         settings = load_poison_settings(cfg)
         fed = load_federation(cfg.data, cfg.seed)
         cells = plan_poison(cfg, settings, fed)

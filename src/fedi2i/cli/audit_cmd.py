@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from fedi2i.cli.app import app, console, fail, load_cli_config, parse_overrides, setup_logging
+from fedi2i.cli.app import app, console, fail, load_cli_config, setup_logging
 from fedi2i.errors import Fedi2iError
 
 
@@ -25,10 +25,7 @@ def audit_command(
 
     setup_logging(verbose)
     try:
-        overrides = parse_overrides(set_)
-        if data is not None:
-            overrides["data.root"] = str(data)
-        cfg = load_cli_config(preset, overrides)
+        cfg = load_cli_config(preset, set_, data__root=data)
         report = run_audit(cfg, out, progress=not quiet)
     except Fedi2iError as exc:
         fail(exc)

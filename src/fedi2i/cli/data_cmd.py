@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from fedi2i.cli.app import console, data_app, fail, load_cli_config, parse_overrides, setup_logging
+from fedi2i.cli.app import console, data_app, fail, load_cli_config, setup_logging
 from fedi2i.data.federation import build_dataset, default_dataset_dir
 from fedi2i.data.synthrad import load_centre_mapping, load_patient, scan_dataset
 from fedi2i.errors import DataError, Fedi2iError
@@ -27,9 +27,8 @@ def build(
     """Build a paired MRI/CT dataset in the SynthRAD2023 layout (realistic heads by default)."""
     setup_logging(verbose)
     try:
-        overrides = {k: v for k, v in {"data.source": source, "data.n_centres": centres,
-                                        "data.patients_per_centre": patients, "seed": seed}.items() if v is not None}
-        cfg = load_cli_config(config, overrides)
+        cfg = load_cli_config(config, data__source=source, data__n_centres=centres,
+                              data__patients_per_centre=patients, seed=seed)
         root = out or default_dataset_dir(cfg.data, cfg.seed)
         built = build_dataset(root, cfg.data, cfg.seed)
     except Fedi2iError as exc:

@@ -14,7 +14,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from fedi2i.cli.app import app, console, fail, load_cli_config, parse_overrides, setup_logging
+from fedi2i.cli.app import app, console, fail, load_cli_config, setup_logging
 from fedi2i.errors import Fedi2iError
 from fedi2i.fl.flower import deploy
 
@@ -31,12 +31,7 @@ def _fail(exc: Fedi2iError) -> None:
 
 
 def _config(config: str, set_: Optional[list[str]], secagg: bool, rounds: Optional[int]):  # noqa: ANN202
-    overrides = parse_overrides(set_)
-    if secagg:
-        overrides["secagg.enabled"] = True
-    if rounds is not None:
-        overrides["train.rounds"] = rounds
-    return load_cli_config(config, overrides)
+    return load_cli_config(config, set_, secagg__enabled=secagg or None, train__rounds=rounds)
 
 
 @flower_app.command("config")

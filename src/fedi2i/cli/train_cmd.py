@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from fedi2i.cli.app import app, console, fail, load_cli_config, parse_overrides, setup_logging
+from fedi2i.cli.app import app, console, fail, load_cli_config, setup_logging
 from fedi2i.cli.progress import round_progress
 from fedi2i.errors import Fedi2iError
 from fedi2i.training import RunOptions, train
@@ -47,16 +47,9 @@ def train_command(
     """Train the MRI-to-sCT U-Net; writes metrics.json, history.json, figures/ and the curious-server record."""
     setup_logging(verbose)
     try:
-        overrides = parse_overrides(set_)
-        for key, value in {"federation.strategy": strategy, "train.rounds": rounds, "data.root": data,
-                           "federation.record_rounds": parse_rounds(record_rounds)}.items():
-            if value is not None:
-                overrides[key] = str(value) if isinstance(value, Path) else value
-        if secagg:
-            overrides["secagg.enabled"] = True
-        if dp:
-            overrides["dp.enabled"] = True
-        cfg = load_cli_config(config, overrides)
+        cfg = load_cli_config(config, set_, federation__strategy=strategy, train__rounds=rounds, data__root=data,
+                              federation__record_rounds=parse_rounds(record_rounds),
+                              secagg__enabled=secagg or None, dp__enabled=dp or None)
         label = "centralised" if centralised else f"{cfg.federation.strategy}{' + secagg' if cfg.secagg.enabled else ''}"
         with round_progress(cfg.train.rounds, label, enabled=not quiet) as on_round:
             result = train(cfg, out, options=RunOptions(centralised=centralised, resume=not fresh,
