@@ -32,7 +32,6 @@ from fedi2i.fl.flower.deploy import app_pyproject, connection_toml, node_config_
 from fedi2i.fl.flower.inprocess import InProcessTransport, wire  # noqa: E402
 from fedi2i.fl.flower.nodedata import load_centre  # noqa: E402
 from fedi2i.fl.flower.rounds import ServerRounds  # noqa: E402
-from fedi2i.fl.flower.secure import weighted_input  # noqa: E402
 from fedi2i.fl.flower.state import dump_client, load_client  # noqa: E402
 from fedi2i.fl.observer import ServerRecord  # noqa: E402
 from fedi2i.fl.secagg import SecAggClient, SecAggConfig, SecAggServer, secure_sum  # noqa: E402
@@ -142,15 +141,6 @@ def test_vectors_cross_the_wire_bit_for_bit() -> None:
     vec = torch.randn(1234, generator=torch.Generator().manual_seed(0)) * 1e-3
     back = record_vector(wire(RecordDict({"v": vector_record(vec)}))["v"])
     assert back.dtype == np.float32 and np.array_equal(back, vec.numpy())
-
-
-def test_weighted_input_rounds_like_the_engine() -> None:
-    g = torch.Generator().manual_seed(1)
-    for i in range(20):
-        delta = torch.randn(5000, generator=g) * 10.0 ** (i % 5 - 4)
-        weight = float(torch.rand(1, generator=g)) / (i + 1)
-        engine = (delta * weight).numpy().astype(np.float32)  # Aggregator._secure_mean's expression
-        assert np.array_equal(weighted_input(delta.numpy(), weight), engine)
 
 
 # ------------------------------------------------------------------ node settings

@@ -9,13 +9,13 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
 from fedi2i.errors import AggregationError, ConfigError, UpdateRejected
 from fedi2i.fl.client import ClientUpdate
 from fedi2i.fl.observer import CuriousServerRecorder
 from fedi2i.fl.secagg import SecAggConfig, secure_sum
+from fedi2i.fl.secagg.weighting import example_weights, round_seed, secure_mean, weighted_input
 from fedi2i.fl.strategies import AggregationRule
 
 log = logging.getLogger(__name__)
@@ -107,10 +107,8 @@ class Aggregator:
                      dropouts: dict[str, list[str]] | None) -> tuple[torch.Tensor, list[str], int]:
         """Example-weighted mean through SecAgg: clients pre-scale by n_k / N, the server renormalises
         by the survivors' share, so a dropped client only removes its own term."""
-        total = sum(u.num_examples for u in accepted)
-        weights = {u.cid: u.num_examples / total for u in accepted}
-        vectors = {u.cid: (u.delta * weights[u.cid]).numpy().astype(np.float32) for u in accepted}
-        result = secure_sum(vectors, self.secagg, seed=self.seed * 100003 + round_index, dropouts=dropouts)
-        share = sum(weights[c] for c in result.survivors)
-        aggregate = torch.from_numpy(np.asarray(result.total, dtype=np.float32)) / share
+        weights = example_weights({u.cid: u.num_examples for u in accepted})
+        vectors = {u.cid: weighted_input(u.delta.numpy(), weights[u.cid]) for u in accepted}
+        result = secure_sum(vectors, self.secagg, seed=round_seed(self.seed, round_index), dropouts=dropouts)
+        aggregate = secure_mean(result.total, result.survivors, weights)
         return aggregate, list(result.survivors), int(sum(result.upload_bytes.values()))

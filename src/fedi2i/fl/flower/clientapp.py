@@ -28,7 +28,7 @@ from fedi2i.config import Config, config_from_dict
 from fedi2i.errors import ConfigError
 from fedi2i.fl.flower import protocol as P
 from fedi2i.fl.flower.codec import put, record_secagg, record_vector, secagg_records, vector_record
-from fedi2i.fl.flower.secure import round_seed, weighted_input
+from fedi2i.fl.secagg.weighting import round_seed, weighted_input
 from fedi2i.fl.flower.state import dump_client, load_client
 from fedi2i.fl.secagg import SecAggClient
 

@@ -30,7 +30,7 @@ from fedi2i.fl.client import ClientUpdate, round_lr
 from fedi2i.fl.engine import CHECKPOINT, FederatedRun, sample_clients, write_json
 from fedi2i.fl.flower import protocol as P
 from fedi2i.fl.flower.codec import put, record_secagg, record_vector, secagg_records, vector_record
-from fedi2i.fl.flower.secure import example_weights, round_seed, secure_mean
+from fedi2i.fl.secagg.weighting import example_weights, round_seed, secure_mean
 from fedi2i.fl.observer import CuriousServerRecorder
 from fedi2i.fl.params import ParamSpec
 from fedi2i.fl.secagg import SecAggServer

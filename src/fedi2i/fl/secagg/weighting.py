@@ -1,9 +1,10 @@
-"""The arithmetic around secure aggregation that both ends of a Flower round must share with the engine.
+"""The example-weighted mean around secure aggregation, shared by both runtimes.
 
-:meth:`fedi2i.fl.server.Aggregator._secure_mean` runs SecAgg in one process: it pre-scales each update
-by ``n_k / N``, seeds the round with ``seed * 100003 + round`` and renormalises the unmasked sum by the
-survivors' share. Over Flower the scaling happens on the node (the server never holds the update), so
-these few lines are repeated here; the tests compare both runtimes bit for bit to keep them in step.
+SecAgg sums; FedAvg needs a weighted mean. Each client pre-scales its update by ``n_k / N`` and the
+server renormalises the unmasked sum by the survivors' share, so a dropped client removes only its own
+term. The in-process :class:`fedi2i.fl.server.Aggregator` does both ends in one process; over Flower the
+scaling happens on the node (the server never holds the update). One copy of the arithmetic keeps the two
+runtimes bit-identical (the Flower tests compare them).
 """
 
 from __future__ import annotations
