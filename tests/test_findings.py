@@ -57,3 +57,22 @@ def test_stealth_verdict_follows_the_margin_not_the_pooled_auc() -> None:
     stealth = next(t for t in threats if t.threat.startswith("Stealthy"))
     assert stealth.verdict == "medium" and "2 malicious: not separated" in stealth.exposure
     assert _comparison(comps, "High noise makes FedAvg inoperative").status == "reproduced"  # 500/300
+
+
+def test_collapsed_federation_counts_as_inoperative_for_any_attack() -> None:
+    cells = {f"poison/{r}-{a}-{lv}": _poison(r, a, lv, m) for r, a, lv, m in [
+        ("fedavg", "none", "none", 300.0), ("fedavg", "data_noise", "low", 305.0),
+        ("fedavg", "data_noise", "high", 320.0), ("fedmedian", "none", "none", 300.0),
+        ("fedmedian", "data_noise", "high", 310.0), ("fedmedian", "update_noise", "high", 315.0)]}
+    for cell in cells.values():
+        cell["result"]["n_malicious"] = 1
+    collapsed = _poison("fedavg", "update_noise", "high", float("nan"))
+    collapsed["result"].update({"collapsed": True, "n_malicious": 1, "unseen_mean": {}})
+    cells["poison/fedavg-update_noise-high"] = collapsed
+    threats, comps = summarise(cells, {})
+    inoperative = _comparison(comps, "High noise makes FedAvg inoperative")
+    assert inoperative.status == "reproduced"
+    assert "x1.07 of clean at data_noise high" in inoperative.ours and "collapsed" in inoperative.ours
+    poisoning = next(t for t in threats if t.threat.startswith("Poisoning"))
+    assert poisoning.verdict == "high" and "collapsed at update_noise high" in poisoning.exposure
+    assert _comparison(comps, "FedMedian restores").status == "reproduced"

@@ -6,6 +6,7 @@ not run says "not measured".
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -118,16 +119,33 @@ def poison_rows(cells: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _unseen_mae(row: dict[str, Any]) -> float | None:
-    return (row.get("unseen_mean") or {}).get("mae")
+    """Unseen-centre MAE of a poisoning run; a collapsed or diverged federation counts as infinite."""
+    if row.get("collapsed"):
+        return math.inf
+    mae = (row.get("unseen_mean") or {}).get("mae")
+    return math.inf if mae is not None and not math.isfinite(mae) else mae
 
 
-def poison_effect(rows: list[dict[str, Any]], rule: str, attack: str | None, level: str | None
-                  ) -> tuple[float | None, float | None]:
-    """(unseen MAE under attack, same rule's no-attack MAE); worst over malicious counts."""
+def poison_effect(rows: list[dict[str, Any]], rule: str, attack: str | None, level: str | None,
+                  n_malicious: int | None = None) -> tuple[float | None, float | None]:
+    """(unseen MAE under attack, same rule's no-attack MAE); worst over malicious counts unless one is given."""
     base = [_unseen_mae(r) for r in rows if r["rule"] == rule and r["attack"] == "none"]
-    hit = [_unseen_mae(r) for r in rows if r["rule"] == rule and r["attack"] == attack and r["level"] == level]
+    hit = [_unseen_mae(r) for r in rows if r["rule"] == rule and r["attack"] == attack and r["level"] == level
+           and (n_malicious is None or r.get("n_malicious") == n_malicious)]
     hit = [h for h in hit if h is not None]
     return (max(hit) if hit else None), (base[0] if base and base[0] is not None else None)
+
+
+def _ratio(hit: float | None, base: float | None) -> float | None:
+    return hit / base if hit is not None and base else None
+
+
+def _hu(v: float | None) -> str:
+    return "collapsed" if v == math.inf else f"{_fmt(v, 0)} HU"
+
+
+def _times(v: float | None) -> str:
+    return "collapsed" if v == math.inf else f"x{_fmt(v)}"
 
 
 def _fmt(v: float | None, digits: int = 2) -> str:
@@ -218,31 +236,55 @@ def summarise(cells: dict[str, dict[str, Any]], detection: dict[str, Any] | None
     # poisoning
     levels = {a: sorted(lv, key=lambda x: LEVEL_ORDER.index(x) if x in LEVEL_ORDER else len(LEVEL_ORDER))
               for a, lv in attack_levels(poison).items()}
-    noise_attack = next((a for a in levels if "noise" in a), next(iter(levels), None))
-    if noise_attack is not None:
-        high, low = levels[noise_attack][-1], levels[noise_attack][0]
-        avg_hit, avg_base = poison_effect(poison, "fedavg", noise_attack, high)
-        med_hit, med_base = poison_effect(poison, "fedmedian", noise_attack, high)
-        ratio = (avg_hit / avg_base) if avg_hit and avg_base else None
-        med_ratio = (med_hit / med_base) if med_hit and med_base else None
-        threats.append(Threat(
-            f"Poisoning ({noise_attack}, a malicious centre)",
-            f"FedAvg unseen MAE {_fmt(avg_hit, 0)} HU at {high} vs {_fmt(avg_base, 0)} HU clean",
-            "median aggregation (FedMedian)",
-            f"FedMedian unseen MAE {_fmt(med_hit, 0)} HU vs {_fmt(med_base, 0)} HU clean",
-            _level(ratio, 1.5, 1.1)))
-        comps.append(Comparison("High noise makes FedAvg inoperative", "federation inoperative",
-                                f"unseen MAE x{_fmt(ratio)} of clean at {noise_attack} {high}",
-                                "reproduced" if ratio and ratio >= 1.5 else "not reproduced" if ratio else "not measured"))
-        comps.append(Comparison("FedMedian restores performance under high noise", "close to baseline in most scenarios",
-                                f"unseen MAE x{_fmt(med_ratio)} of its clean baseline",
-                                "reproduced" if med_ratio and med_ratio <= 1.2 else "not reproduced" if med_ratio else "not measured"))
-        det = (detection or {}).get(noise_attack)
-        if det:
-            threat, comp = _stealth(det, low)
-            threats.append(threat)
-            comps.append(comp)
+    if levels:
+        _poisoning(poison, levels, detection or {}, threats, comps)
     return threats, comps
+
+
+def _poisoning(rows: list[dict[str, Any]], levels: dict[str, list[str]], detection: dict[str, Any],
+               threats: list[Threat], comps: list[Comparison]) -> None:
+    """Every attack of the matrix at its highest level; the one that hurts FedAvg most leads the threat row."""
+    fewest = min((r["n_malicious"] for r in rows if r.get("n_malicious")), default=None)
+    effect = {}
+    for attack, lv in levels.items():
+        high = lv[-1]
+        avg_hit, avg_base = poison_effect(rows, "fedavg", attack, high)
+        med_hit, med_base = poison_effect(rows, "fedmedian", attack, high)
+        med_one, _ = poison_effect(rows, "fedmedian", attack, high, fewest)
+        effect[attack] = {"high": high, "avg": avg_hit, "avg_base": avg_base, "avg_x": _ratio(avg_hit, avg_base),
+                          "med": med_hit, "med_base": med_base, "med_x": _ratio(med_hit, med_base),
+                          "med_one_x": _ratio(med_one, med_base)}
+    worst = max(effect, key=lambda a: effect[a]["avg_x"] or 0.0)
+    w = effect[worst]
+    at = {a: f"{a} {e['high']}" for a, e in effect.items()}
+    threats.append(Threat(
+        f"Poisoning ({', '.join(effect)}; malicious centres)",
+        "FedAvg unseen MAE " + "; ".join(f"{_hu(e['avg'])} at {at[a]}" for a, e in effect.items())
+        + f" vs {_hu(w['avg_base'])} clean",
+        "median aggregation (FedMedian)",
+        "FedMedian unseen MAE " + "; ".join(f"{_hu(e['med'])} at {at[a]}" for a, e in effect.items())
+        + f" vs {_hu(w['med_base'])} clean",
+        _level(w["avg_x"], 1.5, 1.1)))
+    ratios = [e["avg_x"] for e in effect.values() if e["avg_x"] is not None]
+    comps.append(Comparison("High noise makes FedAvg inoperative", "federation inoperative",
+                            "unseen MAE " + ", ".join(f"{_times(e['avg_x'])} of clean at {at[a]}"
+                                                      for a, e in effect.items()),
+                            "reproduced" if any(r >= 1.5 for r in ratios) else "not reproduced" if ratios
+                            else "not measured"))
+    one = [e["med_one_x"] for e in effect.values() if e["med_one_x"] is not None]
+    comps.append(Comparison(
+        "FedMedian restores performance under high noise", "close to baseline in most scenarios",
+        f"with {fewest} malicious: " + ", ".join(f"{_times(e['med_one_x'])} of clean at {at[a]}"
+                                                  for a, e in effect.items())
+        + "; worst over malicious counts: " + ", ".join(_times(e["med_x"]) for e in effect.values()),
+        "reproduced" if one and all(r <= 1.2 for r in one) else "not reproduced" if one else "not measured"))
+    noise = [a for a in levels if "noise" in a]
+    stealth_attack = "data_noise" if "data_noise" in noise else (noise or list(levels))[0]
+    det = detection.get(stealth_attack)
+    if det:
+        threat, comp = _stealth(det, levels[stealth_attack][0])
+        threats.append(threat)
+        comps.append(comp)
 
 
 def _stealth(det: dict[str, Any], low: str) -> tuple[Threat, Comparison]:
