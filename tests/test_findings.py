@@ -72,7 +72,7 @@ def test_collapsed_federation_counts_as_inoperative_for_any_attack() -> None:
     threats, comps = summarise(cells, {})
     inoperative = _comparison(comps, "High noise makes FedAvg inoperative")
     assert inoperative.status == "reproduced"
-    assert "x1.07 of clean at data_noise high" in inoperative.ours and "collapsed" in inoperative.ours
+    assert "x1.07 at data_noise high" in inoperative.ours and "collapsed" in inoperative.ours
     poisoning = next(t for t in threats if t.threat.startswith("Poisoning"))
     assert poisoning.verdict == "high" and "collapsed at update_noise high" in poisoning.exposure
     assert _comparison(comps, "FedMedian restores").status == "reproduced"

@@ -7,6 +7,7 @@ not run says "not measured".
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -243,41 +244,46 @@ def summarise(cells: dict[str, dict[str, Any]], detection: dict[str, Any] | None
 
 def _poisoning(rows: list[dict[str, Any]], levels: dict[str, list[str]], detection: dict[str, Any],
                threats: list[Threat], comps: list[Comparison]) -> None:
-    """Every attack of the matrix at its highest level; the one that hurts FedAvg most leads the threat row."""
-    fewest = min((r["n_malicious"] for r in rows if r.get("n_malicious")), default=None)
-    effect = {}
-    for attack, lv in levels.items():
-        high = lv[-1]
-        avg_hit, avg_base = poison_effect(rows, "fedavg", attack, high)
-        med_hit, med_base = poison_effect(rows, "fedmedian", attack, high)
-        med_one, _ = poison_effect(rows, "fedmedian", attack, high, fewest)
-        effect[attack] = {"high": high, "avg": avg_hit, "avg_base": avg_base, "avg_x": _ratio(avg_hit, avg_base),
-                          "med": med_hit, "med_base": med_base, "med_x": _ratio(med_hit, med_base),
-                          "med_one_x": _ratio(med_one, med_base)}
-    worst = max(effect, key=lambda a: effect[a]["avg_x"] or 0.0)
-    w = effect[worst]
-    at = {a: f"{a} {e['high']}" for a, e in effect.items()}
+    """Every attack of the matrix at its highest level; FedAvg judged on its worst case, FedMedian per number
+    of malicious centres (its guarantee holds only while they are a minority)."""
+    counts = sorted({r["n_malicious"] for r in rows if r.get("n_malicious")})
+    high = {a: lv[-1] for a, lv in levels.items()}
+    where = {a: f"{a} {high[a]}" for a in levels}
+    avg_base = poison_effect(rows, "fedavg", None, None)[1]
+    med_base = poison_effect(rows, "fedmedian", None, None)[1]
+    avg = {a: poison_effect(rows, "fedavg", a, high[a])[0] for a in levels}
+    med = {(a, n): poison_effect(rows, "fedmedian", a, high[a], n)[0] for a in levels for n in counts or [None]}
+    avg_x = {a: _ratio(v, avg_base) for a, v in avg.items()}
+    worst = max(avg_x.values(), key=lambda v: v or 0.0, default=None)
+
+    def listing(values: dict[str, float | None], fmt: Callable[[float | None], str]) -> str:
+        return ", ".join(f"{fmt(v)} at {where[a]}" for a, v in values.items())
+
+    def by_count(fmt: Callable[[float | None], str], scale: float | None = None) -> str:
+        parts = []
+        for n in counts or [None]:
+            values = {a: med[(a, n)] if scale is None else _ratio(med[(a, n)], scale) for a in levels}
+            parts.append(f"{n if n is not None else 'all'} malicious: {listing(values, fmt)}")
+        return "; ".join(parts)
+
     threats.append(Threat(
-        f"Poisoning ({', '.join(effect)}; malicious centres)",
-        "FedAvg unseen MAE " + "; ".join(f"{_hu(e['avg'])} at {at[a]}" for a, e in effect.items())
-        + f" vs {_hu(w['avg_base'])} clean",
+        f"Poisoning ({', '.join(levels)} from malicious centres)",
+        f"FedAvg unseen MAE, worst over {'/'.join(map(str, counts)) or 'all'} malicious: "
+        f"{listing(avg, _hu)} (clean {_hu(avg_base)})",
         "median aggregation (FedMedian)",
-        "FedMedian unseen MAE " + "; ".join(f"{_hu(e['med'])} at {at[a]}" for a, e in effect.items())
-        + f" vs {_hu(w['med_base'])} clean",
-        _level(w["avg_x"], 1.5, 1.1)))
-    ratios = [e["avg_x"] for e in effect.values() if e["avg_x"] is not None]
+        f"FedMedian unseen MAE, {by_count(_hu)} (clean {_hu(med_base)})",
+        _level(worst, 1.5, 1.1)))
+    ratios = [v for v in avg_x.values() if v is not None]
     comps.append(Comparison("High noise makes FedAvg inoperative", "federation inoperative",
-                            "unseen MAE " + ", ".join(f"{_times(e['avg_x'])} of clean at {at[a]}"
-                                                      for a, e in effect.items()),
+                            "unseen MAE vs clean: " + listing(avg_x, _times),
                             "reproduced" if any(r >= 1.5 for r in ratios) else "not reproduced" if ratios
                             else "not measured"))
-    one = [e["med_one_x"] for e in effect.values() if e["med_one_x"] is not None]
-    comps.append(Comparison(
-        "FedMedian restores performance under high noise", "close to baseline in most scenarios",
-        f"with {fewest} malicious: " + ", ".join(f"{_times(e['med_one_x'])} of clean at {at[a]}"
-                                                  for a, e in effect.items())
-        + "; worst over malicious counts: " + ", ".join(_times(e["med_x"]) for e in effect.values()),
-        "reproduced" if one and all(r <= 1.2 for r in one) else "not reproduced" if one else "not measured"))
+    fewest = [_ratio(med[(a, counts[0] if counts else None)], med_base) for a in levels]
+    fewest = [v for v in fewest if v is not None]
+    comps.append(Comparison("FedMedian restores performance under high noise", "close to baseline in most scenarios",
+                            "unseen MAE vs clean, " + by_count(_times, med_base),
+                            "reproduced" if fewest and all(r <= 1.2 for r in fewest) else
+                            "not reproduced" if fewest else "not measured"))
     noise = [a for a in levels if "noise" in a]
     stealth_attack = "data_noise" if "data_noise" in noise else (noise or list(levels))[0]
     det = detection.get(stealth_attack)
