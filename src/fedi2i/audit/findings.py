@@ -109,8 +109,12 @@ def best_inversion(rows: list[dict[str, Any]], defence: str, methods: tuple[str,
     return max(chosen, key=inversion_margin) if chosen else None
 
 
+def _signed(v: float) -> str:
+    return f"{v + 0.0:+.2f}" if abs(v) >= 0.005 else "+0.00"  # no "-0.00"
+
+
 def _inversion_text(row: dict[str, Any]) -> str:
-    return (f"{inversion_margin(row):+.2f} SSIM over an empty image ({row['method']}, batch {row['batch']}; "
+    return (f"{_signed(inversion_margin(row))} SSIM over an empty image ({row['method']}, batch {row['batch']}; "
             f"raw MRI SSIM {row['mri_ssim']:.2f}, CT SSIM {_fmt(row.get('ct_ssim'))})")
 
 
@@ -225,12 +229,12 @@ def summarise(cells: dict[str, dict[str, Any]], detection: dict[str, Any] | None
     if best_dlg is not None:
         s, p = best_dlg["mri_ssim"], best_dlg["mri_psnr"]
         comps.append(Comparison("DLG recovers only coarse anatomy", "SSIM <= 0.16, PSNR <= 11 dB",
-                                f"best DLG MRI SSIM {s:.2f}, PSNR {p:.1f} dB",
+                                f"best DLG MRI SSIM {_signed(s).lstrip('+')}, PSNR {p:.1f} dB",
                                 "reproduced" if s <= STUDY["dlg_ssim"] + 0.05 else "exceeded"))
     if best_none is not None:
         excess = inversion_margin(best_none)
         comps.append(Comparison("Stronger inversion than DLG (not in the study)", "SSIM <= 0.16 with DLG",
-                                f"best {best_none['method']} (batch {best_none['batch']}): {excess:+.2f} SSIM over "
+                                f"best {best_none['method']} (batch {best_none['batch']}): {_signed(excess)} SSIM over "
                                 f"an empty image (raw SSIM {max(best_none['mri_ssim'], best_none.get('ct_ssim') or 0):.2f})",
                                 "exceeded" if excess > STUDY["dlg_ssim"] else "reproduced"))
 
