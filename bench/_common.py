@@ -12,6 +12,12 @@ from fedi2i.data.federation import FederatedData, load_federation
 from fedi2i.data.phantom import build_phantom_dataset
 
 
+def print_header(header: str) -> None:
+    """A results table's header line and its underline."""
+    print(header)
+    print("-" * len(header))
+
+
 def quick_phantom(patients_per_centre: int = 6, depth: int = 40, overrides: dict | None = None
                   ) -> tuple[Config, FederatedData]:
     """The quick preset (64x64 slices, its U-Net) on a phantom federation, so no download is needed."""

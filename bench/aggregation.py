@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from _common import print_header
 from flwr.server.strategy import aggregate as flower
 
 from fedi2i.errors import ConfigError
@@ -102,8 +103,7 @@ def main() -> None:
           f"{torch.get_num_threads()}, best of {args.reps}")
     header = (f"{'n':>3}  {'rule':<15} {'params':<12} {'ours ms':>9} {'Flower ms':>10} {'flower/ours':>12} "
               f"{'max |diff|':>11}")
-    print(header)
-    print("-" * len(header))
+    print_header(header)
     started = time.perf_counter()
     for n in args.clients:
         updates, counts, results = make_round(n)

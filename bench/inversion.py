@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from _common import quick_phantom
+from _common import print_header, quick_phantom
 from fedi2i.attacks.inversion import InversionSettings, observe, run_attack, score
 from fedi2i.attacks.inversion.victim import VictimSetting, start_model, victim_batch, victim_round
 
@@ -47,8 +47,7 @@ def main() -> None:
           f"phantom slices, batch {args.batch}, one SGD step, early model, {torch.get_num_threads()} torch threads")
     header = (f"{'method':18s} {'iters':>6s} {'it/s':>7s} {'seconds':>8s} {'best MRI SSIM':>14s} "
               f"{'at iter':>8s} {'time to best (s)':>17s} {'final MRI/CT SSIM':>18s}")
-    print(header)
-    print("-" * len(header))
+    print_header(header)
     for label, (method, settings) in variants.items():
         total = {"dlg": settings.dlg.iterations, "ig": settings.ig.iterations}.get(
             method, settings.i2i.level_iterations * 4 + settings.i2i.iterations)

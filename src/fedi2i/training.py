@@ -22,9 +22,7 @@ from fedi2i.data.slices import SliceSet
 from fedi2i.evaluate import evaluate_centres, predict
 from fedi2i.fl.client import LocalTrainer, UpdateTransform
 from fedi2i.fl.engine import FederatedEngine, FederatedRun, RoundCallback, write_json
-from fedi2i.fl.observer import CuriousServerRecorder
-from fedi2i.fl.server import Aggregator, RoundMonitor
-from fedi2i.fl.strategies import build_rule
+from fedi2i.fl.server import RoundMonitor, build_aggregator
 
 log = logging.getLogger(__name__)
 
@@ -68,22 +66,10 @@ def build_trainers(config: Config, data: FederatedData, options: RunOptions) -> 
 
 def build_engine(config: Config, data: FederatedData, run_dir: Path, options: RunOptions) -> FederatedEngine:
     """Wire trainers, aggregation rule, secure aggregation, recorder and monitors for one run."""
-    fed = config.federation
     trainers = build_trainers(config, data, options)
-    rule = build_rule(fed.strategy, fedprox_mu=fed.fedprox_mu, trimmed_beta=fed.trimmed_beta,
-                      krum_f=fed.krum_f, multikrum_m=fed.multikrum_m, bulyan_f=fed.bulyan_f)
-    n_per_round = min(fed.clients_per_round or len(trainers), len(trainers))
-    if not config.secagg.enabled:
-        rule.check(n_per_round)
     spec = next(iter(trainers.values())).spec
-    recorder = None
-    if fed.record_rounds != "none" and not options.centralised:
-        recorder = CuriousServerRecorder(run_dir, spec, fed.record_rounds, fed.record_fp16, meta={
-            "model": config.model.model_dump(), "train": config.train.model_dump(),
-            "image_size": config.data.image_size, "secure": config.secagg.enabled,
-            "dp": config.dp.model_dump(), "clients": sorted(trainers)})
-    aggregator = Aggregator(rule, spec.numel, fed.min_clients, config.secagg, recorder, options.monitors,
-                            config.seed)
+    aggregator = build_aggregator(config, spec, list(trainers), run_dir, record=not options.centralised,
+                                  monitors=options.monitors)
     val_sets = {c: s for c, s in data.val.items()}
     return FederatedEngine(config, trainers, aggregator, run_dir, val_sets, options.dropouts)
 

@@ -22,6 +22,7 @@ from fedi2i.data.phantom import hash_seed
 from fedi2i.data.slices import SliceSet
 from fedi2i.evaluate import evaluate_centres
 from fedi2i.fl.client import ClientUpdate, LocalTrainer, round_lr
+from fedi2i.fl.params import ParamSpec
 from fedi2i.fl.server import Aggregator
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,31 @@ class FederatedRun:
     global_vector: torch.Tensor
     next_round: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def initial_vector(config: Config, spec: ParamSpec) -> torch.Tensor:
+    """The round-0 global model: the U-Net initialised from the config's seed (both runtimes start here)."""
+    from fedi2i.models import build_unet
+
+    torch.manual_seed(config.seed)
+    return spec.flatten(build_unet(config.model).state_dict())
+
+
+def load_or_start(run_dir: Path, config: Config, spec: ParamSpec, resume: bool = True) -> FederatedRun:
+    """The run's last checkpoint (when resuming and one exists), else a fresh run at round 0."""
+    path = Path(run_dir) / CHECKPOINT
+    if resume and path.exists():
+        state = torch.load(path, weights_only=False)
+        log.info("resuming %s at round %d", run_dir, state["next_round"])
+        return FederatedRun(state["global_vector"], state["next_round"], state["history"])
+    return FederatedRun(initial_vector(config, spec))
+
+
+def save_checkpoint(run_dir: Path, run: FederatedRun) -> None:
+    """Atomic checkpoint after a round: a run killed mid-write resumes from the previous one."""
+    tmp = Path(run_dir) / (CHECKPOINT + ".tmp")
+    torch.save({"global_vector": run.global_vector, "next_round": run.next_round, "history": run.history}, tmp)
+    tmp.replace(Path(run_dir) / CHECKPOINT)
 
 
 def sample_clients(cids: list[str], per_round: int | None, seed: int, round_index: int) -> list[str]:
@@ -65,30 +91,10 @@ class FederatedEngine:
         self.model = first.model
         self.spec = first.spec
 
-    def initial_vector(self) -> torch.Tensor:
-        torch.manual_seed(self.config.seed)
-        from fedi2i.models import build_unet
-
-        return self.spec.flatten(build_unet(self.config.model).state_dict())
-
-    def load_or_start(self, resume: bool = True) -> FederatedRun:
-        path = self.run_dir / CHECKPOINT
-        if resume and path.exists():
-            state = torch.load(path, weights_only=False)
-            log.info("resuming %s at round %d", self.run_dir, state["next_round"])
-            return FederatedRun(state["global_vector"], state["next_round"], state["history"])
-        return FederatedRun(self.initial_vector())
-
-    def save(self, run: FederatedRun) -> None:
-        tmp = self.run_dir / (CHECKPOINT + ".tmp")
-        torch.save({"global_vector": run.global_vector, "next_round": run.next_round,
-                    "history": run.history}, tmp)
-        tmp.replace(self.run_dir / CHECKPOINT)
-
     def run(self, resume: bool = True, stop_after: int | None = None,
             on_round: RoundCallback | None = None) -> FederatedRun:
         """Train until config.train.rounds (or ``stop_after`` rounds in this call, to test resume)."""
-        run = self.load_or_start(resume)
+        run = load_or_start(self.run_dir, self.config, self.spec, resume)
         rounds = self.config.train.rounds
         done_here = 0
         while run.next_round < rounds:
@@ -99,7 +105,7 @@ class FederatedEngine:
             run.history.append(entry)
             run.next_round += 1
             done_here += 1
-            self.save(run)
+            save_checkpoint(self.run_dir, run)
             if on_round is not None:
                 on_round(run.next_round, entry)
         return run

@@ -8,15 +8,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
+from fedi2i.config import Config
 from fedi2i.errors import AggregationError, ConfigError, UpdateRejected
 from fedi2i.fl.client import ClientUpdate
 from fedi2i.fl.observer import CuriousServerRecorder
+from fedi2i.fl.params import ParamSpec
 from fedi2i.fl.secagg import SecAggConfig, secure_sum
 from fedi2i.fl.secagg.weighting import example_weights, round_seed, secure_mean, weighted_input
-from fedi2i.fl.strategies import AggregationRule
+from fedi2i.fl.strategies import AggregationRule, build_rule
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,27 @@ def check_update(update: ClientUpdate, expected_numel: int) -> None:
         raise UpdateRejected(f"client {update.cid}: update has {bad} non-finite values (NaN/Inf)")
     if update.num_examples <= 0:
         raise UpdateRejected(f"client {update.cid}: reported {update.num_examples} examples")
+
+
+def build_aggregator(config: Config, spec: ParamSpec, clients: list[str], run_dir: Path, record: bool = True,
+                     monitors: list[RoundMonitor] | None = None) -> "Aggregator":
+    """Rule, curious-server recorder and aggregator of a run, wired the same way for both runtimes.
+
+    The rule is checked against the clients of a round up front, so an impossible setting (e.g. Krum with
+    too few centres) fails before any training.
+    """
+    fed = config.federation
+    rule = build_rule(fed.strategy, fedprox_mu=fed.fedprox_mu, trimmed_beta=fed.trimmed_beta,
+                      krum_f=fed.krum_f, multikrum_m=fed.multikrum_m, bulyan_f=fed.bulyan_f)
+    if not config.secagg.enabled:
+        rule.check(min(fed.clients_per_round or len(clients), len(clients)))
+    recorder = None
+    if record and fed.record_rounds != "none":
+        recorder = CuriousServerRecorder(run_dir, spec, fed.record_rounds, fed.record_fp16, meta={
+            "model": config.model.model_dump(), "train": config.train.model_dump(),
+            "image_size": config.data.image_size, "secure": config.secagg.enabled,
+            "dp": config.dp.model_dump(), "clients": sorted(clients)})
+    return Aggregator(rule, spec.numel, fed.min_clients, config.secagg, recorder, monitors, config.seed)
 
 
 class Aggregator:

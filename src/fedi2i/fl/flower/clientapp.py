@@ -173,6 +173,11 @@ def fit(msg: Message, context: Context) -> Message:
 
 
 # ------------------------------------------------------------------ secure aggregation stages
+def _secagg_reply(msg: Message, protocol_message: Any, timer: _Timer) -> Message:
+    """A SecAgg stage's answer: the protocol message alone, in the SecAgg record."""
+    return _reply(msg, put(RecordDict(), secagg_records(protocol_message, P.REC_SECAGG)), timer)
+
+
 def _save_client(context: Context, client: SecAggClient) -> None:
     context.state[P.STATE_CLIENT] = ConfigRecord({"data": dump_client(client)})
 
@@ -205,7 +210,7 @@ def secagg_share(msg: Message, context: Context) -> Message:
     client = _load_client(context)
     reply = client.share_keys(record_secagg(msg.content, P.REC_SECAGG))
     _save_client(context, client)
-    return _reply(msg, put(RecordDict(), secagg_records(reply, P.REC_SECAGG)), timer)
+    return _secagg_reply(msg, reply, timer)
 
 
 @app.train("secagg_mask")
@@ -224,7 +229,7 @@ def secagg_mask(msg: Message, context: Context) -> Message:
     timer.lap("mask_s")
     del context.state[P.STATE_DELTA]
     _save_client(context, client)
-    return _reply(msg, put(RecordDict(), secagg_records(reply, P.REC_SECAGG)), timer)
+    return _secagg_reply(msg, reply, timer)
 
 
 @app.train("secagg_unmask")
@@ -234,7 +239,7 @@ def secagg_unmask(msg: Message, context: Context) -> Message:
     client = _load_client(context)
     reply = client.unmask(record_secagg(msg.content, P.REC_SECAGG))
     del context.state[P.STATE_CLIENT]  # the round is over: its secrets are not needed any more
-    return _reply(msg, put(RecordDict(), secagg_records(reply, P.REC_SECAGG)), timer)
+    return _secagg_reply(msg, reply, timer)
 
 
 # ------------------------------------------------------------------ federated evaluation

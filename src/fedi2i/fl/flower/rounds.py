@@ -1,9 +1,8 @@
 """The server's side of a deployed run: the in-process engine's rounds, with messages instead of calls.
 
-:class:`ServerRounds` wires the aggregation rule, the curious-server recorder and the
-:class:`~fedi2i.fl.server.Aggregator` exactly as :func:`fedi2i.training.build_engine` does, samples
-clients and sets the learning rate with the engine's own functions, and writes the engine's checkpoint
-format (so a deployed run can be resumed, and read like any run). What differs is only where local
+:class:`ServerRounds` builds its aggregator with :func:`fedi2i.fl.server.build_aggregator` as the
+in-process engine does, samples clients, sets the learning rate and checkpoints with the engine's own
+functions, and so writes the engine's checkpoint format (so a deployed run can be resumed, and read like any run). What differs is only where local
 training happens: on the nodes, reached through a :class:`Transport` (Flower's Grid in the ServerApp, or
 :class:`~fedi2i.fl.flower.inprocess.InProcessTransport` in tests and benchmarks).
 
@@ -27,15 +26,14 @@ from flwr.app import ConfigRecord, RecordDict
 from fedi2i.config import Config, dump_config
 from fedi2i.errors import AggregationError, ConfigError
 from fedi2i.fl.client import ClientUpdate, round_lr
-from fedi2i.fl.engine import CHECKPOINT, FederatedRun, sample_clients, write_json
+from fedi2i.fl.engine import (CHECKPOINT, FederatedRun, load_or_start, sample_clients, save_checkpoint,
+                             write_json)
 from fedi2i.fl.flower import protocol as P
 from fedi2i.fl.flower.codec import put, record_secagg, record_vector, secagg_records, vector_record
-from fedi2i.fl.secagg.weighting import example_weights, round_seed, secure_mean
-from fedi2i.fl.observer import CuriousServerRecorder
 from fedi2i.fl.params import ParamSpec
 from fedi2i.fl.secagg import SecAggServer
-from fedi2i.fl.server import Aggregator
-from fedi2i.fl.strategies import build_rule
+from fedi2i.fl.secagg.weighting import example_weights, round_seed, secure_mean
+from fedi2i.fl.server import Aggregator, build_aggregator
 from fedi2i.models import build_unet
 
 log = logging.getLogger(__name__)
@@ -57,12 +55,6 @@ class Transport(Protocol):
     def node_ids(self) -> list[int]: ...
 
     def exchange(self, message_type: str, contents: dict[int, RecordDict], round_index: int) -> Exchange: ...
-
-
-def initial_vector(config: Config, spec: ParamSpec) -> torch.Tensor:
-    """The round-0 global model, seeded as :meth:`FederatedEngine.initial_vector` seeds it."""
-    torch.manual_seed(config.seed)
-    return spec.flatten(build_unet(config.model).state_dict())
 
 
 def client_times(reply: RecordDict) -> dict[str, float]:
@@ -116,21 +108,7 @@ class ServerRounds:
 
     def build(self) -> Aggregator:
         """Rule, recorder and aggregator as :func:`fedi2i.training.build_engine` wires them."""
-        config, fed = self.config, self.config.federation
-        centres = sorted(self.nodes)
-        rule = build_rule(fed.strategy, fedprox_mu=fed.fedprox_mu, trimmed_beta=fed.trimmed_beta,
-                          krum_f=fed.krum_f, multikrum_m=fed.multikrum_m, bulyan_f=fed.bulyan_f)
-        n_per_round = min(fed.clients_per_round or len(centres), len(centres))
-        if not config.secagg.enabled:
-            rule.check(n_per_round)
-        recorder = None
-        if fed.record_rounds != "none":
-            recorder = CuriousServerRecorder(self.run_dir, self.spec, fed.record_rounds, fed.record_fp16, meta={
-                "model": config.model.model_dump(), "train": config.train.model_dump(),
-                "image_size": config.data.image_size, "secure": config.secagg.enabled,
-                "dp": config.dp.model_dump(), "clients": centres})
-        self.aggregator = Aggregator(rule, self.spec.numel, fed.min_clients, config.secagg, recorder, [],
-                                     config.seed)
+        self.aggregator = build_aggregator(self.config, self.spec, sorted(self.nodes), self.run_dir)
         return self.aggregator
 
     # ------------------------------------------------------------------ rounds
@@ -140,13 +118,13 @@ class ServerRounds:
         if not self.nodes:
             self.discover()
         self.build()
-        run = self._load_or_start(resume)
+        run = load_or_start(self.run_dir, self.config, self.spec, resume)
         while run.next_round < self.config.train.rounds:
             entry = self.run_round(run.next_round, run.global_vector)
             run.global_vector = entry.pop("_new_global")
             run.history.append(entry)
             run.next_round += 1
-            self._save(run)
+            save_checkpoint(self.run_dir, run)
             if on_round is not None:
                 on_round(run.next_round, entry)
         self._finish(run)
@@ -277,20 +255,6 @@ class ServerRounds:
             if summary:
                 out[cid] = summary
         return out
-
-    # ------------------------------------------------------------------ persistence (engine format)
-    def _load_or_start(self, resume: bool) -> FederatedRun:
-        path = self.run_dir / CHECKPOINT
-        if resume and path.exists():
-            state = torch.load(path, weights_only=False)
-            log.info("resuming %s at round %d", self.run_dir, state["next_round"])
-            return FederatedRun(state["global_vector"], state["next_round"], state["history"])
-        return FederatedRun(initial_vector(self.config, self.spec))
-
-    def _save(self, run: FederatedRun) -> None:
-        tmp = self.run_dir / (CHECKPOINT + ".tmp")
-        torch.save({"global_vector": run.global_vector, "next_round": run.next_round, "history": run.history}, tmp)
-        tmp.replace(self.run_dir / CHECKPOINT)
 
     def _finish(self, run: FederatedRun) -> None:
         model = build_unet(self.config.model)
