@@ -7,6 +7,7 @@ import torch
 
 from fedi2i.data.slices import SliceSet, unit_to_hu
 from fedi2i.metrics import image_metrics
+from fedi2i.tissue_metrics import TISSUE_KEYS, tissue_metrics
 
 
 @torch.no_grad()
@@ -34,16 +35,18 @@ def patient_volumes(slices: SliceSet, sct_unit: torch.Tensor) -> dict[str, tuple
 def evaluate_patients(model: torch.nn.Module, slices: SliceSet) -> dict[str, dict[str, float]]:
     """MAE (HU), PSNR (dB), SSIM per patient."""
     sct = predict(model, slices)
-    return {pid: image_metrics(ct, pred, mask) for pid, (ct, pred, mask) in patient_volumes(slices, sct).items()}
+    return {pid: image_metrics(ct, pred, mask) | tissue_metrics(ct, pred, mask)
+            for pid, (ct, pred, mask) in patient_volumes(slices, sct).items()}
 
 
 def summarise(per_patient: dict[str, dict[str, float]]) -> dict[str, float]:
     """Mean and median of each metric over patients (the challenge ranks on the mean)."""
     summary: dict[str, float] = {"n_patients": float(len(per_patient))}
-    for key in ("mae", "psnr", "ssim"):
+    for key in ("mae", "psnr", "ssim", *TISSUE_KEYS):
         values = np.array([m[key] for m in per_patient.values()])
-        summary[key] = float(values.mean())
-        summary[f"{key}_median"] = float(np.median(values))
+        values = values[~np.isnan(values)]  # a tissue absent from a volume has no MAE there
+        summary[key] = float(values.mean()) if values.size else float("nan")
+        summary[f"{key}_median"] = float(np.median(values)) if values.size else float("nan")
     return summary
 
 
