@@ -42,4 +42,4 @@ def test_train_cli_errors_are_clear(phantom_root: Path, tmp_path: Path) -> None:
                                "--set", "federation.krum_f=1", "--out", str(tmp_path / "z")])
     assert krum.exit_code == 2 and "Krum" in krum.output
     missing = runner.invoke(app, ["train", "-c", "tiny", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "w")])
-    assert missing.exit_code == 2 and "does not exist" in missing.output
+    assert missing.exit_code == 3 and "does not exist" in missing.output  # a data error

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+import math
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fedi2i.errors import ConfigError
+from fedi2i.io import write_text
 from fedi2i.fl.secagg import SecAggConfig
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+GROUPS = 4  # GroupNorm groups of the U-Net (models.unet)
+Positive = Annotated[int, Field(ge=1)]
+Percent = Annotated[float, Field(ge=0.0, le=100.0)]
 
 
 class _Strict(BaseModel):
@@ -24,64 +29,103 @@ class DataConfig(_Strict):
     root: Path | None = None  # None: the built-in dataset in the cache (built on first use)
     source: Literal["head", "phantom"] = "head"  # what `data build` makes when root is missing
     centre_mapping: Path | None = None
-    train_centres: list[str] = Field(default_factory=lambda: ["A", "B", "C", "D"])
+    train_centres: list[str] = Field(default_factory=lambda: ["A", "B", "C", "D"], min_length=1)
     unseen_centres: list[str] = Field(default_factory=lambda: ["E"])
-    n_centres: int = 5
-    patients_per_centre: int = 12
-    image_size: int = 64
-    slice_stride: int = 1
-    min_mask_fraction: float = 0.05  # slices with less body than this are left out
-    mr_percentiles: tuple[float, float] = (0.5, 99.5)
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15
+    n_centres: int = Field(5, ge=1)
+    patients_per_centre: int = Field(12, ge=1)
+    image_size: int = Field(64, ge=8)
+    # model grid: in-plane pixel size and field of view in mm (set one; default: a 240 mm field of view)
+    fov_mm: float | None = Field(None, gt=0)
+    spacing_mm: float | None = Field(None, gt=0)
+    slice_stride: int = Field(1, ge=1)
+    min_mask_fraction: float = Field(0.05, ge=0.0, lt=1.0)  # slices with less body than this are left out
+    mr_percentiles: tuple[Percent, Percent] = (0.5, 99.5)
+    val_fraction: float = Field(0.15, ge=0.0, lt=1.0)
+    test_fraction: float = Field(0.15, ge=0.0, lt=1.0)
     skip_bad: bool = False
+
+    @model_validator(mode="after")
+    def _centres_and_fractions(self) -> "DataConfig":
+        for key in ("train_centres", "unseen_centres"):
+            names = getattr(self, key)
+            if len(set(names)) != len(names):
+                raise ValueError(f"data.{key} lists a centre twice: {names}")
+        both = sorted(set(self.train_centres) & set(self.unseen_centres))
+        if both:
+            raise ValueError(f"centre(s) {', '.join(both)} are in both data.train_centres and data.unseen_centres; "
+                             "an unseen centre must not train")
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ValueError("data.val_fraction + data.test_fraction must leave patients to train on (sum < 1)")
+        low, high = self.mr_percentiles
+        if not low < high:
+            raise ValueError(f"data.mr_percentiles must be (low, high) with low < high, got {self.mr_percentiles}")
+        if self.fov_mm is not None and self.spacing_mm is not None \
+                and abs(self.fov_mm - self.spacing_mm * self.image_size) > 1e-6 * self.fov_mm:
+            raise ValueError(f"data.fov_mm ({self.fov_mm}) must equal data.spacing_mm x data.image_size "
+                             f"({self.spacing_mm} x {self.image_size}); set only one of them")
+        return self
 
 
 class ModelConfig(_Strict):
     """U-Net size and normalisation (MONAI UNet)."""
 
-    channels: list[int] = Field(default_factory=lambda: [16, 32, 64, 128])
-    strides: list[int] | None = None  # default: 2 between consecutive levels
-    num_res_units: int = 0
+    channels: list[Positive] = Field(default_factory=lambda: [16, 32, 64, 128], min_length=2)
+    strides: list[Positive] | None = None  # default: 2 between consecutive levels
+    num_res_units: int = Field(0, ge=0)
     norm: Literal["batch", "instance", "group"] = "batch"
-    dropout: float = 0.0
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
 
     @model_validator(mode="after")
     def _strides_match(self) -> "ModelConfig":
         if self.strides is not None and len(self.strides) != len(self.channels) - 1:
             raise ValueError("model.strides needs len(channels) - 1 entries")
+        if self.norm == "group" and any(c % GROUPS for c in self.channels):
+            raise ValueError(f"model.norm group uses {GROUPS} groups: every entry of model.channels must be a "
+                             f"multiple of {GROUPS}, got {self.channels}")
         return self
+
+    @property
+    def downsampling(self) -> int:
+        """How much the U-Net shrinks an image at its deepest level (image sizes must be a multiple)."""
+        return math.prod(self.strides or [2] * (len(self.channels) - 1))
 
 
 class TrainConfig(_Strict):
     """Local optimisation, shared by centralised training and each federated client."""
 
-    batch_size: int = 16
-    lr: float = 2e-3
-    weight_decay: float = 0.0
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(2e-3, gt=0.0, allow_inf_nan=False)
+    weight_decay: float = Field(0.0, ge=0.0, allow_inf_nan=False)
     loss: Literal["l1", "mse"] = "l1"
-    optimizer: Literal["adam", "sgd"] = "adam"
-    local_epochs: int = 1
-    local_steps: int | None = None  # if set: this many optimiser steps per round instead of epochs (FedSGD: 1)
-    rounds: int = 10
-    lr_schedule: Literal["constant", "cosine"] = "cosine"
-    threads: int | None = None  # torch threads; None leaves torch's default
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    momentum: float = Field(0.0, ge=0.0, lt=1.0)  # SGD only
+    # loss weights per voxel (docs/recipe.md): CT > 250 HU, outside the body mask; 1, 1 = the plain loss
+    bone_weight: float = Field(1.0, ge=1.0, allow_inf_nan=False)
+    background_weight: float = Field(1.0, ge=0.0, le=1.0)
+    edge_weight: float = Field(0.0, ge=0.0, allow_inf_nan=False)  # L1 between image gradients of sCT and CT
+    augment: list[Literal["flip", "gamma"]] = Field(default_factory=list)  # left-right flip; MRI gamma
+    channels_last: bool = False
+    local_epochs: int = Field(1, ge=1)
+    local_steps: int | None = Field(None, ge=1)  # if set: this many optimiser steps per round instead of epochs (FedSGD: 1)
+    rounds: int = Field(10, ge=1)
+    lr_schedule: Literal["constant", "cosine", "onecycle"] = "cosine"
+    threads: int | None = Field(None, ge=1)  # torch threads; None leaves torch's default
 
 
 class FederationConfig(_Strict):
     """Server side: which rule aggregates, how clients are sampled, what the curious server records."""
 
     strategy: Literal["fedavg", "fedprox", "fedmedian", "trimmed", "krum", "multikrum", "bulyan"] = "fedavg"
-    fedprox_mu: float = 0.01
-    trimmed_beta: float = 0.2
-    krum_f: int = 1
-    multikrum_m: int | None = None
-    bulyan_f: int = 1
-    clients_per_round: int | None = None  # None: every training centre every round
-    min_clients: int = 1
-    record_rounds: list[int] | Literal["all", "none"] = "all"
+    fedprox_mu: float = Field(0.01, ge=0.0, allow_inf_nan=False)
+    trimmed_beta: float = Field(0.2, ge=0.0, lt=0.5)
+    krum_f: int = Field(1, ge=0)
+    multikrum_m: int | None = Field(None, ge=1)
+    bulyan_f: int = Field(1, ge=0)
+    clients_per_round: int | None = Field(None, ge=1)  # None: every training centre every round
+    min_clients: int = Field(1, ge=1)
+    record_rounds: list[Annotated[int, Field(ge=0)]] | Literal["all", "none"] = "all"
     record_fp16: bool = False
-    eval_every: int = 5
+    eval_every: int = Field(5, ge=0)  # 0: no validation during training
 
 
 class DPConfig(_Strict):
@@ -89,9 +133,33 @@ class DPConfig(_Strict):
 
     enabled: bool = False
     mode: Literal["update", "dpsgd"] = "update"
-    clip: float = 1.0
-    noise_multiplier: float = 0.5
-    delta: float = 1e-5
+    clip: float = Field(1.0, gt=0.0, allow_inf_nan=False)
+    noise_multiplier: float = Field(0.5, ge=0.0, allow_inf_nan=False)
+    delta: float = Field(1e-5, gt=0.0, lt=1.0)
+
+
+class AttacksConfig(_Strict):
+    """The attack sections; each is validated in full by its attack, the section names here.
+
+    Read like a dict (``config.attacks.get("inversion")``) so the attacks need not know the model.
+    """
+
+    inversion: dict[str, Any] | None = None
+    membership: dict[str, Any] | None = None
+    poison: dict[str, Any] | None = None
+    audit: dict[str, Any] | None = None
+
+    def get(self, key: str, default: Any = None) -> Any:
+        value = getattr(self, key, None) if key in type(self).model_fields else None
+        return default if value is None else value
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in type(self).model_fields:
+            raise KeyError(key)
+        return self.get(key, {})
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self.get(key) is not None
 
 
 class Config(_Strict):
@@ -105,7 +173,10 @@ class Config(_Strict):
     federation: FederationConfig = Field(default_factory=FederationConfig)
     secagg: SecAggConfig = Field(default_factory=SecAggConfig)
     dp: DPConfig = Field(default_factory=DPConfig)
-    attacks: dict[str, Any] = Field(default_factory=dict)  # attack settings, validated by each attack
+    attacks: AttacksConfig = Field(default_factory=AttacksConfig)  # each section validated by its attack
+    # DP noise and SecAgg rounding dither from the run seed instead of the OS CSPRNG: tests and benchmarks
+    # only (a server that knows the seed replays them); the run's metrics and the audit report flag it
+    reproducible_secrets: bool = False
 
     @model_validator(mode="after")
     def _secagg_needs_sum_rule(self) -> "Config":
@@ -114,6 +185,28 @@ class Config(_Strict):
                 f"secure aggregation cannot be combined with strategy {self.federation.strategy!r}: it shows "
                 "the server only the sum of the updates, while robust rules (median, trimmed mean, Krum, "
                 "Bulyan) need every individual update; use fedavg or fedprox with secagg")
+        return self
+
+    @model_validator(mode="after")
+    def _fits_the_federation(self) -> "Config":
+        size, down = self.data.image_size, self.model.downsampling
+        if size % down:
+            raise ValueError(f"data.image_size {size} must be a multiple of {down}, the U-Net's downsampling "
+                             f"(the product of model.strides); try {max(down, size // down * down)}")
+        n_train = len(self.data.train_centres)
+        rounds = self.federation.record_rounds
+        if isinstance(rounds, list) and any(r >= self.train.rounds for r in rounds):
+            outside = sorted(r for r in rounds if r >= self.train.rounds)
+            raise ValueError(f"federation.record_rounds {outside} are outside the run: rounds are numbered "
+                             f"0 to {self.train.rounds - 1} (train.rounds={self.train.rounds})")
+        if self.federation.min_clients > n_train:
+            raise ValueError(f"federation.min_clients {self.federation.min_clients} is more than the "
+                             f"{n_train} training centre(s)")
+        poison = self.attacks.get("poison") or {}
+        n_mal = poison.get("n_malicious") if isinstance(poison, dict) else None
+        if isinstance(n_mal, list) and any(isinstance(n, int) and n >= n_train for n in n_mal):
+            raise ValueError(f"attacks.poison.n_malicious {n_mal} must stay below the {n_train} training "
+                             "centres: at least one centre has to be honest")
         return self
 
     @field_validator("seed")
@@ -129,7 +222,8 @@ def _format_validation_error(exc: ValidationError, source: str) -> str:
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"])
         msg = "unknown key (check the spelling)" if err["type"] == "extra_forbidden" else err["msg"]
-        lines.append(f"  {loc}: {msg}")
+        msg = msg.removeprefix("Value error, ")
+        lines.append(f"  {loc}: {msg}" if loc and not msg.startswith(loc.split(".")[0] + ".") else f"  {msg}")
     return "\n".join(lines)
 
 
@@ -152,14 +246,20 @@ def preset_path(name: str) -> Path:
 def load_config(path_or_preset: str | Path, overrides: dict[str, Any] | None = None) -> Config:
     """Load a YAML file (or a preset name such as ``quick``) and apply dotted-key overrides."""
     path = Path(path_or_preset)
-    if not path.suffix:
+    if not path.suffix and not path.exists():
         path = preset_path(str(path_or_preset))
     if not path.exists():
         raise ConfigError(f"config file {path} not found")
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a folder; give a YAML file or a preset name")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8 YAML") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
     for key, value in (overrides or {}).items():
@@ -171,8 +271,12 @@ def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
     """Set ``raw["a"]["b"] = value`` for ``key="a.b"``, creating levels as needed."""
     node = raw
     *parents, leaf = key.split(".")
+    if not all(key.split(".")):
+        raise ConfigError(f"cannot set {key!r}: a key is dotted names such as train.rounds")
     for part in parents:
-        node = node.setdefault(part, {})
+        if node.get(part) is None:
+            node[part] = {}
+        node = node[part]
         if not isinstance(node, dict):
             raise ConfigError(f"cannot set {key}: {part} is not a section")
     node[leaf] = value
@@ -180,4 +284,26 @@ def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
 
 def dump_config(config: Config, path: Path) -> None:
     """Write the exact configuration a run used, next to its results."""
-    path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    write_text(path, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+
+
+# Settings that do not change what a run computes: its label, where the data lies (its content is
+# checked by the data layer), the attack settings (read by later commands) and torch's thread count.
+NOT_RESULT_SHAPING = ("name", "attacks", "data.root", "train.threads")
+
+
+def result_fields(config: Config) -> dict[str, Any]:
+    """The config as flat dotted keys, minus ``NOT_RESULT_SHAPING``: what a resumed run must keep."""
+    flat: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+            return
+        key = prefix[:-1]
+        if not any(key == skip or key.startswith(skip + ".") for skip in NOT_RESULT_SHAPING):
+            flat[key] = node
+
+    walk(config.model_dump(mode="json"), "")
+    return flat

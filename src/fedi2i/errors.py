@@ -1,4 +1,8 @@
-"""Error types that carry a message a user can act on."""
+"""Error types that carry a message a user can act on, and the CLI exit code of each class.
+
+Exit codes: 2 usage or configuration, 3 input data, 4 run-folder state, 1 an internal bug (anything
+that is not a ``Fedi2iError``).
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,19 @@ from __future__ import annotations
 class Fedi2iError(Exception):
     """Base class: every error fedi2i raises on purpose derives from it."""
 
+    exit_code = 2
+
 
 class ConfigError(Fedi2iError, ValueError):
     """A configuration is invalid (unknown key, impossible setting, incompatible options)."""
 
+    exit_code = 2
+
 
 class DataError(Fedi2iError):
     """An input image or patient folder is missing, unreadable or inconsistent."""
+
+    exit_code = 3
 
     def __init__(self, message: str, patient: str | None = None, path: str | None = None) -> None:
         where = []
@@ -24,6 +34,12 @@ class DataError(Fedi2iError):
         super().__init__(prefix + message)
         self.patient = patient
         self.path = path
+
+
+class RunStateError(Fedi2iError):
+    """A run folder cannot be used as asked: corrupt or foreign files, or a run of another configuration."""
+
+    exit_code = 4
 
 
 class UpdateRejected(Fedi2iError):
@@ -38,5 +54,5 @@ class SecAggAbort(AggregationError):
     """Secure aggregation aborted, e.g. fewer than the threshold of clients survived."""
 
 
-class RecordError(Fedi2iError):
-    """A curious-server record is missing what the caller asked for."""
+class RecordError(RunStateError):
+    """A curious-server record is missing what the caller asked for, or one of its files is unreadable."""

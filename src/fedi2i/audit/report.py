@@ -18,7 +18,7 @@ from fedi2i.audit.findings import Comparison, Threat, as_dicts, membership_aucs,
 from fedi2i.audit.plan import AuditCell
 from fedi2i.audit.store import CellStore
 from fedi2i.config import Config
-from fedi2i.fl.engine import write_json
+from fedi2i.io import write_json
 
 PACKAGES = ("fedi2i", "torch", "monai", "numpy", "cryptography", "opacus", "flwr", "scikit-learn", "SimpleITK")
 

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from fedi2i.fl.engine import write_json
+from fedi2i.io import write_json
 
 
 def cell_filename(key: str) -> str:

@@ -4,21 +4,29 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from collections.abc import Iterator
+from enum import Enum
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from fedi2i.attacks.inversion import InversionSettings, verdict
-from fedi2i.attacks.inversion.base import Progress as ProgressFn
-from fedi2i.attacks.inversion.run import attack_recorded_round, run_inversion_grid
-from fedi2i.attacks.inversion.settings import METHODS
-from fedi2i.cli.app import attack_app, console, fail, parse_overrides, setup_logging
-from fedi2i.config import Config, load_config
-from fedi2i.errors import ConfigError, Fedi2iError, RecordError
-from fedi2i.fl.observer import ServerRecord
+from fedi2i.cli.app import attack_app, check_out_folder, console, parse_overrides, run_config, setup_logging
+from fedi2i.config import Config
+from fedi2i.errors import RecordError
+
+if TYPE_CHECKING:  # the attack code (torch, MONAI) is imported only when the command runs
+    from fedi2i.attacks.inversion import InversionSettings
+    from fedi2i.attacks.inversion.base import Progress as ProgressFn
+
+
+class Method(str, Enum):
+    """The inversion attacks (``fedi2i.attacks.inversion.settings.METHODS``, checked by a test)."""
+
+    dlg = "dlg"
+    ig = "ig"
+    i2i = "i2i"
 
 
 @contextmanager
@@ -54,7 +62,7 @@ def inversion_command(
     run: Path = typer.Option(..., "--run", help="Run folder holding the curious-server record (record/)."),
     client: Optional[str] = typer.Option(None, "--client", help="Centre whose update is attacked (default: first)."),
     round_: Optional[int] = typer.Option(None, "--round", help="Recorded round to attack (default: the first)."),
-    method: str = typer.Option("i2i", "--method", "-m", help=f"Attack: {'|'.join(METHODS)}."),
+    method: Method = typer.Option(Method.i2i, "--method", "-m", help="Attack."),
     iterations: Optional[int] = typer.Option(None, help="Attack iterations (default: from the config)."),
     images: Optional[int] = typer.Option(None, help="Images to reconstruct per client (default: batch size)."),
     seed: Optional[int] = typer.Option(None, help="Seed of the attack's random starts."),
@@ -67,49 +75,42 @@ def inversion_command(
 ) -> None:
     """Rebuild a centre's training MRI and CT from its update, as a curious server could; scores the
     result against the true slices (SSIM/PSNR after Hungarian matching) and draws truth vs reconstruction."""
+    from fedi2i.attacks.inversion import InversionSettings, verdict
+    from fedi2i.attacks.inversion.run import attack_recorded_round
+    from fedi2i.fl.observer import ServerRecord
+
     setup_logging(verbose)
-    try:
-        config = _run_config(run)
-        overrides = {k: v for k, v in parse_overrides(set_).items()}
-        if seed is not None:
-            overrides["seed"] = seed
-        settings = InversionSettings.from_config(config, _nest(overrides))
-        if iterations is not None:
-            settings = settings.with_iterations(iterations)
-        out_dir = out or run / "attacks" / "inversion"
-        if grid:
-            results = _grid(config, run, out_dir, settings, quiet)
-            show_results(results)
-            console.print(verdict(results))
-            console.print(f"results in [bold]{out_dir}[/] (results.json, results.csv, table.md, figures/)")
-            return
-        if method not in METHODS:
-            raise ConfigError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
-        record = ServerRecord(run)
-        rounds = record.rounds()
-        if not rounds:
-            raise RecordError(f"{run} has a record folder but no recorded round")
-        r = rounds[0] if round_ is None else round_
-        who = client or (record.meta.get("clients") or [None])[0]
-        if who is None:
-            raise RecordError(f"{run}: the record does not list its clients; pass --client")
-        size = int(record.meta.get("image_size", config.data.image_size))
-        with matching_progress(_budget(settings, method, size), f"{method} on {who}, round {r}", not quiet) as tick:
-            result = attack_recorded_round(run, r, who, method, settings, out_dir=out_dir, images=images,
-                                           progress=tick)
-    except Fedi2iError as exc:
-        fail(exc)
+    check_out_folder(out)
+    config = run_config(run)
+    overrides = {k: v for k, v in parse_overrides(set_).items()}
+    if seed is not None:
+        overrides["seed"] = seed
+    settings = InversionSettings.from_config(config, _nest(overrides))
+    if iterations is not None:
+        settings = settings.with_iterations(iterations)
+    out_dir = out or run / "attacks" / "inversion"
+    if grid:
+        results = _grid(config, run, out_dir, settings, quiet)
+        show_results(results)
+        console.print(verdict(results), markup=False)
+        console.print(f"results in {out_dir} (results.json, results.csv, table.md, figures/)", markup=False)
+        return
+    method_name = method.value
+    record = ServerRecord(run)
+    rounds = record.rounds()
+    if not rounds:
+        raise RecordError(f"{run} has a record folder but no recorded round")
+    r = rounds[0] if round_ is None else round_
+    who = client or (record.meta.get("clients") or [None])[0]
+    if who is None:
+        raise RecordError(f"{run}: the record does not list its clients; pass --client")
+    size = int(record.meta.get("image_size", config.data.image_size))
+    with matching_progress(_budget(settings, method_name, size), f"{method_name} on {who}, round {r}",
+                           not quiet) as tick:
+        result = attack_recorded_round(run, r, who, method_name, settings, out_dir=out_dir, images=images,
+                                       progress=tick)
     show_results([result])
-    console.print(f"results in [bold]{out_dir}[/] ({result['key']}.json, figures/{result['key']}.png)")
-
-
-def _run_config(run: Path) -> Config:
-    path = run / "config.yaml"
-    if not run.exists():
-        raise RecordError(f"run folder {run} does not exist")
-    if not path.exists():
-        raise RecordError(f"{run} has no config.yaml: is it a fedi2i run folder?")
-    return load_config(path)
+    console.print(f"results in {out_dir} ({result['key']}.json, figures/{result['key']}.png)", markup=False)
 
 
 def _nest(overrides: dict[str, Any]) -> dict[str, Any]:
@@ -126,6 +127,7 @@ def _nest(overrides: dict[str, Any]) -> dict[str, Any]:
 
 def _grid(config: Config, run: Path, out_dir: Path, settings: InversionSettings, quiet: bool) -> list[dict[str, Any]]:
     from fedi2i.attacks.inversion import plan_inversion
+    from fedi2i.attacks.inversion.run import run_inversion_grid
     from fedi2i.data.federation import load_federation
 
     data = load_federation(config.data, config.seed, progress=not quiet)

@@ -5,17 +5,21 @@ from __future__ import annotations
 from contextlib import contextmanager
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from fedi2i.attacks.membership import METHODS, run_membership, settings_from_config
-from fedi2i.attacks.membership.collect import Progress as ProgressFn
-from fedi2i.cli.app import attack_app, console, fail, setup_logging
-from fedi2i.config import load_config
-from fedi2i.errors import Fedi2iError
+from fedi2i.cli.app import attack_app, check_out_folder, console, run_config, setup_logging
+from fedi2i.errors import ConfigError
+
+if TYPE_CHECKING:  # the attack code (torch) is imported only when the command runs
+    from fedi2i.attacks.membership.collect import Progress as ProgressFn
+
+# The attack's method names (``fedi2i.attacks.membership.METHODS``, checked by a test), for --help.
+METHOD_NAMES = ("fedmia-loss", "fedmia-grad", "loss", "loss-global", "loss-series", "grad-norm", "grad-cosine",
+                "grad-diff")
 
 
 def parse_round_list(text: Optional[str]) -> Any:
@@ -24,7 +28,7 @@ def parse_round_list(text: Optional[str]) -> Any:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise Fedi2iError(f"--rounds expects all or a comma list of recorded rounds, got {text!r}") from None
+        raise ConfigError(f"--rounds expects all or a comma list of recorded rounds, got {text!r}") from None
 
 
 @contextmanager
@@ -49,7 +53,7 @@ def stage_progress(enabled: bool) -> Iterator[ProgressFn | None]:
 def membership_command(
     run: Path = typer.Option(..., "--run", help="Trained run folder (holds record/ and config.yaml)."),
     method: Optional[list[str]] = typer.Option(
-        None, "--method", "-m", help=f"Method(s), repeatable: {'|'.join(METHODS)} (default: all)."),
+        None, "--method", "-m", help=f"Method(s), repeatable: {'|'.join(METHOD_NAMES)} (default: all)."),
     out: Optional[Path] = typer.Option(None, help="Output folder (default: RUN/attacks/membership)."),
     rounds: Optional[str] = typer.Option(None, help="Recorded rounds to use: all or a comma list."),
     max_slices: Optional[int] = typer.Option(None, "--max-slices", help="Candidate slices per patient."),
@@ -61,20 +65,19 @@ def membership_command(
 ) -> None:
     """Who trained on which patient? FedMIA (loss / gradient) and baselines, per centre, from the
     curious-server record; under secure aggregation only what the aggregate reveals."""
+    from fedi2i.attacks.membership import run_membership, settings_from_config
+
     setup_logging(verbose)
-    try:
-        config_path = run / "config.yaml"
-        attacks = load_config(config_path).attacks if config_path.exists() else {}
-        settings = settings_from_config(attacks, methods=method or None, rounds=parse_round_list(rounds),
-                                        max_slices_per_patient=max_slices, sigma=sigma, seed=seed,
-                                        shuffle_labels=shuffle_labels or None)
-        out_dir = out or run / "attacks" / "membership"
-        with stage_progress(not quiet) as tick:
-            result = run_membership(run, settings=settings, out_dir=out_dir, progress=tick)
-    except Fedi2iError as exc:
-        fail(exc)
+    check_out_folder(out)
+    attacks = run_config(run).attacks
+    settings = settings_from_config(attacks, methods=method or None, rounds=parse_round_list(rounds),
+                                    max_slices_per_patient=max_slices, sigma=sigma, seed=seed,
+                                    shuffle_labels=shuffle_labels or None)
+    out_dir = out or run / "attacks" / "membership"
+    with stage_progress(not quiet) as tick:
+        result = run_membership(run, settings=settings, out_dir=out_dir, progress=tick)
     show_results(result)
-    console.print(f"results in [bold]{out_dir}[/] (membership.json, membership.csv, membership.md, roc_*.png)")
+    console.print(f"results in {out_dir} (membership.json, membership.csv, membership.md, roc_*.png)", markup=False)
 
 
 def show_results(result: dict[str, Any]) -> None:
@@ -102,4 +105,4 @@ def show_results(result: dict[str, Any]) -> None:
     console.print(table)
     reasons = {e["reason"] for e in result["methods"].values() if not e["available"] and "reason" in e}
     for reason in reasons:
-        console.print(f"[yellow]note:[/] {reason}")
+        console.print(f"note: {reason}", markup=False)

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from fedi2i.attacks.poisoning import load_poison_settings, plan_poison, run_poison_matrix, summarise_poison
-from fedi2i.attacks.poisoning.matrix import PoisonCell
-from fedi2i.attacks.poisoning.settings import PoisonSettings
-from fedi2i.cli.app import attack_app, console, fail, load_cli_config, setup_logging
+from fedi2i.cli.app import attack_app, check_out_folder, console, load_cli_config, setup_logging
 from fedi2i.config import Config
-from fedi2i.data.federation import FederatedData, load_federation
-from fedi2i.errors import Fedi2iError
+
+if TYPE_CHECKING:  # the attack code (torch) is imported only when the command runs
+    from fedi2i.attacks.poisoning.matrix import PoisonCell
+    from fedi2i.attacks.poisoning.settings import PoisonSettings
+    from fedi2i.data.federation import FederatedData
 
 
 @attack_app.command("poison")
@@ -31,27 +31,30 @@ def poison_command(
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Train every cell of the poisoning matrix, watch it with the update detector, write tables and figures."""
+    from fedi2i.attacks.poisoning import load_poison_settings, plan_poison, summarise_poison
+    from fedi2i.data.federation import load_federation
+
     setup_logging(verbose)
-    try:
-        cfg = load_cli_config(config, set_, data__root=data)
-        settings = load_poison_settings(cfg)
-        fed = load_federation(cfg.data, cfg.seed)
-        cells = plan_poison(cfg, settings, fed)
-        if plan_only:
-            show_plan(cells)
-            return
-        results = _run(cfg, fed, cells, settings, out, quiet)
-        summary = summarise_poison(results, out)
-    except Fedi2iError as exc:
-        fail(exc)
+    check_out_folder(out)
+    cfg = load_cli_config(config, set_, data__root=data)
+    settings = load_poison_settings(cfg)
+    fed = load_federation(cfg.data, cfg.seed)
+    cells = plan_poison(cfg, settings, fed)
+    if plan_only:
+        show_plan(cells)
+        return
+    results = _run(cfg, fed, cells, settings, out, quiet)
+    summary = summarise_poison(results, out)
     show_results(results)
-    console.print(summary["markdown"].split("## Poisoning: detection")[1] if not quiet else "")
-    console.print(f"outputs in [bold]{out}[/] (poisoning.md, quality.csv/json, detection.csv/json, figures/)")
+    console.print(summary["markdown"].split("## Poisoning: detection")[1] if not quiet else "", markup=False)
+    console.print(f"outputs in {out} (poisoning.md, quality.csv/json, detection.csv/json, figures/)", markup=False)
 
 
 def _run(cfg: Config, fed: FederatedData, cells: list[PoisonCell], settings: PoisonSettings, out: Path,
          quiet: bool) -> list[dict[str, Any]]:
     """Run the matrix, with two progress bars: cells done / total, and rounds of the current cell."""
+    from fedi2i.attacks.poisoning import run_poison_matrix
+
     if quiet:
         return run_poison_matrix(cfg, fed, out, settings, cells)
     rounds = settings.rounds or cfg.train.rounds

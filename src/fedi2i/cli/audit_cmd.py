@@ -7,8 +7,7 @@ from typing import Optional
 
 import typer
 
-from fedi2i.cli.app import app, console, fail, load_cli_config, setup_logging
-from fedi2i.errors import Fedi2iError
+from fedi2i.cli.app import app, check_out_folder, console, load_cli_config, setup_logging
 
 
 @app.command("audit")
@@ -24,9 +23,7 @@ def audit_command(
     from fedi2i.audit.run import run_audit
 
     setup_logging(verbose)
-    try:
-        cfg = load_cli_config(preset, set_, data__root=data)
-        report = run_audit(cfg, out, progress=not quiet)
-    except Fedi2iError as exc:
-        fail(exc)
-    console.print(f"report: [bold]{report.resolve()}[/]")
+    check_out_folder(out)
+    cfg = load_cli_config(preset, set_, data__root=data)
+    report = run_audit(cfg, out, progress=not quiet)
+    console.print(f"report: {report.resolve()}", markup=False)

@@ -11,11 +11,10 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
-from fedi2i.cli.app import app, console, fail, load_cli_config, setup_logging
-from fedi2i.errors import Fedi2iError
+from fedi2i.cli.app import app, check_out_folder, console, load_cli_config, setup_logging
+from fedi2i.errors import ConfigError
 from fedi2i.fl.flower import deploy
 
 flower_app = typer.Typer(help="Run the federation on Flower: each hospital a SuperNode (needs the flower extra: pip install 'fedi2i\\[flower]').",
@@ -23,11 +22,6 @@ flower_app = typer.Typer(help="Run the federation on Flower: each hospital a Sup
 
 _CONFIG = typer.Option("tiny", "--config", "-c", help="Preset name (quick, paper, tiny) or YAML file.")
 _SET = typer.Option(None, "--set", help="Override any config key: --set train.rounds=3")
-
-
-def _fail(exc: Fedi2iError) -> None:
-    """Like ``fail``, with brackets such as ``fedi2i[flower]`` shown as typed, not read as markup."""
-    fail(Fedi2iError(escape(str(exc))))
 
 
 def _config(config: str, set_: Optional[list[str]], secagg: bool, rounds: Optional[int]):  # noqa: ANN202
@@ -49,32 +43,30 @@ def config_command(
     set_: Optional[list[str]] = _SET,
 ) -> None:
     """Write or print the Flower app, the connection file and the SuperLink / SuperNode commands."""
-    try:
-        cfg = _config(config, set_, secagg, rounds)
-        host, _, port = superlink.rpartition(":")
-        if not host or not port.isdigit():
-            raise Fedi2iError(f"--superlink expects host:port, got {superlink!r}")
-        pyproject = deploy.app_pyproject(cfg, run_dir)
-        connection = deploy.connection_toml(superlink, insecure=insecure, root_certificates=root_certificates)
-        link = deploy.superlink_command("0.0.0.0", int(port), insecure=insecure,
-                                        certfile=None if insecure else "server.pem",
-                                        keyfile=None if insecure else "server.key",
-                                        ca_certfile=None if insecure else "ca.pem", node_auth=not insecure)
-        nodes = [deploy.supernode_command(superlink, c, f"/data/{c}", runtime_port=9094, insecure=insecure,
-                                          root_certificates=None if insecure else "ca.pem",
-                                          auth_private_key=None if insecure else f"node_{c}.key")
-                 for c in cfg.data.train_centres]
-    except Fedi2iError as exc:
-        _fail(exc)
+    check_out_folder(out)
+    cfg = _config(config, set_, secagg, rounds)
+    port = parse_address(superlink, "--superlink")
+    if root_certificates is not None and not root_certificates.is_file():
+        raise ConfigError(f"--root-certificates {root_certificates} is not a file; give the CA certificate (PEM)")
+    pyproject = deploy.app_pyproject(cfg, run_dir)
+    connection = deploy.connection_toml(superlink, insecure=insecure, root_certificates=root_certificates)
+    link = deploy.superlink_command("0.0.0.0", port, insecure=insecure,
+                                    certfile=None if insecure else "server.pem",
+                                    keyfile=None if insecure else "server.key",
+                                    ca_certfile=None if insecure else "ca.pem", node_auth=not insecure)
+    nodes = [deploy.supernode_command(superlink, c, f"/data/{c}", runtime_port=9094, insecure=insecure,
+                                      root_certificates=None if insecure else "ca.pem",
+                                      auth_private_key=None if insecure else f"node_{c}.key")
+             for c in cfg.data.train_centres]
     commands = "\n".join([
         "# on the server machine", _shell(link), "",
         *[line for c, cmd in zip(cfg.data.train_centres, nodes) for line in (f"# at centre {c}", _shell(cmd), "")],
         "# on the machine that starts the run (FLWR_HOME holds config.toml)",
         "flwr run app fedi2i --stream"])
     if out is None:
-        console.print("[bold]app/pyproject.toml[/]", markup=True)
+        console.print("app/pyproject.toml", markup=False, highlight=False)
         console.print(pyproject, markup=False, highlight=False)
-        console.print("[bold]$FLWR_HOME/config.toml[/]")
+        console.print("$FLWR_HOME/config.toml", markup=False, highlight=False)
         console.print(connection, markup=False, highlight=False)
         console.print(commands, markup=False, highlight=False)
     else:
@@ -83,11 +75,23 @@ def config_command(
         (out / "flwr-home" / "config.toml").write_text(connection)
         (out / "commands.txt").write_text(commands + "\n")
         console.print(f"wrote {out / 'app' / 'pyproject.toml'}, {out / 'flwr-home' / 'config.toml'} and "
-                      f"{out / 'commands.txt'} (see docs/deployment.md)")
+                      f"{out / 'commands.txt'} (see docs/deployment.md)", markup=False)
     try:
         deploy.require_flower()
     except deploy.FlowerUnavailable as exc:
-        console.print(f"[yellow]note:[/] {escape(str(exc))}")
+        console.print(f"note: {exc}", markup=False, highlight=False)
+
+
+def parse_address(address: str, option: str) -> int:
+    """The port of a ``host:port`` address, checked (1..65535); IPv6 hosts go in brackets."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ConfigError(f"{option} expects host:port such as 127.0.0.1:9092, got {address!r}")
+    if not 1 <= int(port) <= 65535:
+        raise ConfigError(f"{option} {address}: port {port} is out of range; use a port from 1 to 65535")
+    if any(c.isspace() for c in host) or host.count(":") and not (host.startswith("[") and host.endswith("]")):
+        raise ConfigError(f"{option} {address}: {host!r} is not a host name or address (IPv6 goes in brackets)")
+    return int(port)
 
 
 def _shell(cmd: list[str]) -> str:
@@ -111,15 +115,16 @@ def local_command(
 ) -> None:
     """Start a SuperLink and one SuperNode per training centre on 127.0.0.1, run, stop everything."""
     setup_logging(verbose)
-    try:
-        deploy.require_flower()
-        cfg = _config(config, set_, secagg, rounds)
-        if data is not None:
-            cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"root": data})})
-        console.print(f"starting a SuperLink and {len(cfg.data.train_centres)} SuperNodes on 127.0.0.1 ...")
-        result = deploy.run_local(cfg, out, data_root=data, workdir=workdir, timeout=timeout)
-    except Fedi2iError as exc:
-        _fail(exc)
+    check_out_folder(out)
+    check_out_folder(workdir, "--workdir")
+    if timeout <= 0:
+        raise ConfigError(f"--timeout must be a positive number of seconds, got {timeout}")
+    deploy.require_flower()
+    cfg = _config(config, set_, secagg, rounds)
+    if data is not None:
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"root": data})})
+    console.print(f"starting a SuperLink and {len(cfg.data.train_centres)} SuperNodes on 127.0.0.1 ...")
+    result = deploy.run_local(cfg, out, data_root=data, workdir=workdir, timeout=timeout)
     table = Table(title=f"Flower run {result.flower.run_id} ({result.flower.status})")
     for col in ("round", "seconds", "survivors", "exchanges"):
         table.add_column(col)
@@ -129,8 +134,8 @@ def local_command(
                       str(len(stages)))
     console.print(table)
     console.print(f"start-up {result.startup_seconds:.1f} s, run {result.flower.seconds:.1f} s; outputs in "
-                  f"[bold]{result.run_dir}[/] (checkpoint.pt, history.json, record/, model.pt); every Flower "
-                  "process was stopped")
+                  f"{result.run_dir} (checkpoint.pt, history.json, record/, model.pt); every Flower "
+                  "process was stopped", markup=False)
 
 
 app.add_typer(flower_app, name="flower")

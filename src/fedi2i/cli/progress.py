@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from fedi2i.fl.engine import RoundCallback
+from fedi2i.cli.app import console
+
+if TYPE_CHECKING:
+    from fedi2i.fl.engine import RoundCallback
 
 
 @contextmanager
@@ -19,7 +22,7 @@ def round_progress(total_rounds: int, label: str, enabled: bool = True) -> Itera
         return
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, transient=False) as progress:
+    with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task(label, total=total_rounds, status="")
 
         def on_round(done: int, entry: dict[str, Any]) -> None:

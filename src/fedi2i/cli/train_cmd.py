@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.table import Table
 
-from fedi2i.cli.app import app, console, fail, load_cli_config, setup_logging
+from fedi2i.cli.app import app, check_out_folder, console, load_cli_config, setup_logging
 from fedi2i.cli.progress import round_progress
-from fedi2i.errors import Fedi2iError
-from fedi2i.training import RunOptions, train
+from fedi2i.config import Config
+from fedi2i.errors import ConfigError
 
 STRATEGIES = "fedavg|fedprox|fedmedian|trimmed|krum|multikrum|bulyan"
 
@@ -25,13 +26,14 @@ def parse_rounds(text: Optional[str]) -> object:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise Fedi2iError(f"--record-rounds expects all, none or a comma list of rounds, got {text!r}") from None
+        raise ConfigError(f"--record-rounds expects all, none or a comma list of rounds, got {text!r}") from None
 
 
 @app.command("train")
 def train_command(
     config: str = typer.Option("quick", "--config", "-c", help="Preset name (quick, paper, tiny) or YAML file."),
-    out: Path = typer.Option(Path("runs/train"), help="Run folder (resumed if it holds a checkpoint)."),
+    out: Optional[Path] = typer.Option(None, help="Run folder, resumed if it holds an unfinished run of the same "
+                                                  "settings (default: runs/<config>-<strategy>, see below)."),
     centralised: bool = typer.Option(False, "--centralised", help="Pool every training centre (baseline)."),
     strategy: Optional[str] = typer.Option(None, help=f"Aggregation rule: {STRATEGIES}."),
     secagg: bool = typer.Option(False, "--secagg", help="Secure aggregation (FedAvg weighting)."),
@@ -39,25 +41,40 @@ def train_command(
     rounds: Optional[int] = typer.Option(None, help="Override the number of rounds."),
     record_rounds: Optional[str] = typer.Option(None, help="Rounds the curious server records: all, none, 0,5,9."),
     data: Optional[Path] = typer.Option(None, help="Dataset folder (default: built-in dataset, built on first use)."),
-    fresh: bool = typer.Option(False, "--fresh", help="Ignore an existing checkpoint and start over."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Leave out patients whose data fail their checks "
+                                                         "(listed in metrics.json) instead of stopping."),
+    fresh: bool = typer.Option(False, "--fresh", help="Remove the folder's earlier run (checkpoint, record, "
+                                                   "results) and start over."),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="Override any config key: --set train.lr=1e-3"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
-    """Train the MRI-to-sCT U-Net; writes metrics.json, history.json, figures/ and the curious-server record."""
+    """Train the MRI-to-sCT U-Net; writes metrics.json, history.json, figures/ and the curious-server record.
+
+    Without --out the run goes to runs/<config name>-<centralised|strategy>[-secagg][-dp]. A folder that
+    holds a run of other settings is never resumed: pass another --out, or --fresh to replace it.
+    """
     setup_logging(verbose)
-    try:
-        cfg = load_cli_config(config, set_, federation__strategy=strategy, train__rounds=rounds, data__root=data,
-                              federation__record_rounds=parse_rounds(record_rounds),
-                              secagg__enabled=secagg or None, dp__enabled=dp or None)
-        label = "centralised" if centralised else f"{cfg.federation.strategy}{' + secagg' if cfg.secagg.enabled else ''}"
-        with round_progress(cfg.train.rounds, label, enabled=not quiet) as on_round:
-            result = train(cfg, out, options=RunOptions(centralised=centralised, resume=not fresh,
-                                                          on_round=on_round))
-    except Fedi2iError as exc:
-        fail(exc)
+    check_out_folder(out)
+    cfg = load_cli_config(config, set_, federation__strategy=strategy, train__rounds=rounds, data__root=data,
+                          data__skip_bad=skip_bad or None,
+                          federation__record_rounds=parse_rounds(record_rounds),
+                          secagg__enabled=secagg or None, dp__enabled=dp or None)
+    out = out or default_run_dir(cfg, centralised)
+    from fedi2i.training import RunOptions, train  # torch and MONAI load only once the config is valid
+
+    label = "centralised" if centralised else f"{cfg.federation.strategy}{' + secagg' if cfg.secagg.enabled else ''}"
+    with round_progress(cfg.train.rounds, label, enabled=not quiet) as on_round:
+        result = train(cfg, out, options=RunOptions(centralised=centralised, resume=not fresh, on_round=on_round))
     show_metrics(result.metrics)
-    console.print(f"outputs in [bold]{out}[/] (metrics.json, history.json, figures/)")
+    console.print(f"outputs in {out} (metrics.json, history.json, figures/)", markup=False)
+
+
+def default_run_dir(cfg: Config, centralised: bool) -> Path:
+    """``runs/quick-fedmedian-secagg``: runs of different settings land in different folders."""
+    parts = [cfg.name, "centralised" if centralised else cfg.federation.strategy]
+    parts += [p for p, on in (("secagg", cfg.secagg.enabled), ("dp", cfg.dp.enabled)) if on]
+    return Path("runs") / re.sub(r"[^A-Za-z0-9_.-]+", "_", "-".join(parts))
 
 
 def show_metrics(metrics: dict) -> None:

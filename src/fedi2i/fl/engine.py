@@ -20,10 +20,12 @@ import torch
 from fedi2i.config import Config
 from fedi2i.data.phantom import hash_seed
 from fedi2i.data.slices import SliceSet
+from fedi2i.errors import RunStateError
 from fedi2i.evaluate import evaluate_centres
 from fedi2i.fl.client import ClientUpdate, LocalTrainer, round_lr
 from fedi2i.fl.params import ParamSpec
 from fedi2i.fl.server import Aggregator
+from fedi2i.io import load_torch, save_torch
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +36,16 @@ RoundCallback = Callable[[int, dict[str, Any]], None]
 
 @dataclass
 class FederatedRun:
-    """State of a run: the global model vector and the per-round history."""
+    """State of a run: the global model vector, the per-round history and the trainers' integer counters.
+
+    ``counters`` holds each client model's non-float state entries (BatchNorm's ``num_batches_tracked``),
+    which are not aggregated but do end up in the saved model, so a resumed run restores them too.
+    """
 
     global_vector: torch.Tensor
     next_round: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+    counters: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def initial_vector(config: Config, spec: ParamSpec) -> torch.Tensor:
@@ -49,21 +56,54 @@ def initial_vector(config: Config, spec: ParamSpec) -> torch.Tensor:
     return spec.flatten(build_unet(config.model).state_dict())
 
 
+def load_checkpoint(path: Path) -> FederatedRun:
+    """A checkpoint as plain data (``weights_only``): a planted or corrupt file is refused, never run."""
+    path = Path(path)
+    state = load_torch(path, hint="delete it, or start the run over with --fresh")
+    if not (isinstance(state, dict) and isinstance(state.get("global_vector"), torch.Tensor)
+            and isinstance(state.get("next_round"), int) and isinstance(state.get("history"), list)):
+        raise RunStateError(f"{path} is not a fedi2i checkpoint (no global_vector, next_round and history); "
+                            "delete it, or start the run over with --fresh")
+    counters = state.get("counters") or {}
+    return FederatedRun(state["global_vector"], state["next_round"], state["history"], dict(counters))
+
+
 def load_or_start(run_dir: Path, config: Config, spec: ParamSpec, resume: bool = True) -> FederatedRun:
     """The run's last checkpoint (when resuming and one exists), else a fresh run at round 0."""
     path = Path(run_dir) / CHECKPOINT
     if resume and path.exists():
-        state = torch.load(path, weights_only=False)
-        log.info("resuming %s at round %d", run_dir, state["next_round"])
-        return FederatedRun(state["global_vector"], state["next_round"], state["history"])
+        run = load_checkpoint(path)
+        if run.global_vector.numel() != spec.numel:
+            raise RunStateError(f"{path} holds a model of {run.global_vector.numel()} values, the config's model "
+                                f"has {spec.numel}: use the run's own config, another --out, or --fresh")
+        log.info("resuming %s at round %d", run_dir, run.next_round)
+        return run
     return FederatedRun(initial_vector(config, spec))
 
 
 def save_checkpoint(run_dir: Path, run: FederatedRun) -> None:
-    """Atomic checkpoint after a round: a run killed mid-write resumes from the previous one."""
-    tmp = Path(run_dir) / (CHECKPOINT + ".tmp")
-    torch.save({"global_vector": run.global_vector, "next_round": run.next_round, "history": run.history}, tmp)
-    tmp.replace(Path(run_dir) / CHECKPOINT)
+    """Atomic checkpoint after a round: a run killed mid-write resumes from the previous one.
+
+    The history goes through JSON first so the file holds only what ``weights_only`` loading accepts.
+    """
+    history = json.loads(json.dumps(run.history, default=float))
+    save_torch(Path(run_dir) / CHECKPOINT, {"global_vector": run.global_vector, "next_round": int(run.next_round),
+                                            "history": history, "counters": dict(run.counters)})
+
+
+def model_counters(models: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
+    """``"<cid>/<name>" -> tensor`` for every non-float state entry of each client model."""
+    return {f"{cid}/{name}": value.detach().clone() for cid, model in models.items()
+            for name, value in model.state_dict().items() if not value.is_floating_point()}
+
+
+def restore_counters(models: dict[str, torch.nn.Module], counters: dict[str, torch.Tensor]) -> None:
+    for cid, model in models.items():
+        state = model.state_dict()
+        for name, value in state.items():
+            saved = counters.get(f"{cid}/{name}")
+            if saved is not None and not value.is_floating_point():
+                value.copy_(saved)
 
 
 def sample_clients(cids: list[str], per_round: int | None, seed: int, round_index: int) -> list[str]:
@@ -95,6 +135,8 @@ class FederatedEngine:
             on_round: RoundCallback | None = None) -> FederatedRun:
         """Train until config.train.rounds (or ``stop_after`` rounds in this call, to test resume)."""
         run = load_or_start(self.run_dir, self.config, self.spec, resume)
+        models = {cid: t.model for cid, t in self.trainers.items()}
+        restore_counters(models, run.counters)
         rounds = self.config.train.rounds
         done_here = 0
         while run.next_round < rounds:
@@ -105,6 +147,7 @@ class FederatedEngine:
             run.history.append(entry)
             run.next_round += 1
             done_here += 1
+            run.counters = model_counters(models)
             save_checkpoint(self.run_dir, run)
             if on_round is not None:
                 on_round(run.next_round, entry)
@@ -140,9 +183,3 @@ class FederatedEngine:
         self.spec.load_into(self.model, run.global_vector)
         return self.model
 
-
-def write_json(path: Path, payload: Any) -> None:
-    """Atomic JSON write: a reader never sees half a file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=float))
-    tmp.replace(path)

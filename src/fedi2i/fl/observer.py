@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
-
 from fedi2i.errors import RecordError
 from fedi2i.fl.params import ParamSpec
+from fedi2i.io import load_safetensors, read_json, save_safetensors, write_json
 
 RECORD_DIR = "record"
+RETRAIN = "retrain the run with --fresh (or delete the file to leave that round out)"
 
 
 @dataclass
@@ -46,8 +46,8 @@ class CuriousServerRecorder:
         self.rounds = rounds
         self.dtype = torch.float16 if fp16 else torch.float32
         self.meta = meta or {}
-        (self.dir / "spec.json").write_text(json.dumps(
-            {"names": list(spec.names), "shapes": [list(s) for s in spec.shapes], "meta": self.meta}))
+        write_json(self.dir / "spec.json",
+                   {"names": list(spec.names), "shapes": [list(s) for s in spec.shapes], "meta": self.meta})
 
     def wants(self, round_index: int) -> bool:
         if self.rounds == "all":
@@ -67,10 +67,8 @@ class CuriousServerRecorder:
         tensors = {k: v.detach().to(self.dtype).contiguous() for k, v in tensors.items()}
         header = {"round": round_index, "num_examples": num_examples, "secure": updates is None,
                   **(extra or {})}
-        path = self.dir / f"round_{round_index:04d}.safetensors"
-        tmp = path.with_suffix(".tmp")
-        save_file(tensors, str(tmp), metadata={"header": json.dumps(header)})
-        tmp.replace(path)
+        save_safetensors(self.dir / f"round_{round_index:04d}.safetensors", tensors,
+                         metadata={"header": json.dumps(header)})
 
 
 class ServerRecord:
@@ -81,12 +79,16 @@ class ServerRecord:
         spec_path = self.dir / "spec.json"
         if not spec_path.exists():
             raise RecordError(f"{run_dir} has no curious-server record (train with --record-rounds)")
-        raw = json.loads(spec_path.read_text())
-        self.spec = ParamSpec(tuple(raw["names"]), tuple(tuple(s) for s in raw["shapes"]))
-        self.meta: dict[str, Any] = raw.get("meta", {})
+        raw = read_json(spec_path, hint=RETRAIN)
+        try:
+            self.spec = ParamSpec(tuple(raw["names"]), tuple(tuple(int(n) for n in s) for s in raw["shapes"]))
+            self.meta: dict[str, Any] = dict(raw.get("meta") or {})
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise RecordError(f"{spec_path} is not a record spec (names, shapes); {RETRAIN}") from None
 
     def rounds(self) -> list[int]:
-        return sorted(int(p.stem.split("_")[1]) for p in self.dir.glob("round_*.safetensors"))
+        found = (p.stem.split("_", 1)[1] for p in self.dir.glob("round_*.safetensors"))
+        return sorted(int(n) for n in found if n.isdigit())
 
     def _path(self, round_index: int) -> Path:
         path = self.dir / f"round_{round_index:04d}.safetensors"
@@ -96,11 +98,17 @@ class ServerRecord:
 
     def round(self, round_index: int) -> RoundView:
         path = self._path(round_index)
-        tensors = {k: v.float() for k, v in load_file(str(path)).items()}
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as handle:
-            header = json.loads(handle.metadata()["header"])
+        raw, metadata = load_safetensors(path, hint=RETRAIN)
+        tensors = {k: v.float() for k, v in raw.items()}
+        try:
+            header = json.loads(metadata["header"])
+            missing = {"global", "aggregate"} - set(tensors) or {"num_examples", "secure"} - set(header)
+        except (KeyError, TypeError, ValueError):
+            missing = {"header"}
+        numel = self.spec.numel
+        if missing or any(v.dim() != 1 or v.numel() != numel for v in tensors.values()):
+            raise RecordError(f"{path} does not match its record (missing {sorted(missing)} or vectors of the wrong "
+                              f"size, the spec has {numel} values); {RETRAIN}")
         updates = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("update/")}
         return RoundView(round=round_index, global_vector=tensors["global"], updates=updates,
                          aggregate=tensors["aggregate"], num_examples=header.pop("num_examples"),

@@ -28,7 +28,7 @@ from fedi2i.data.phantom import hash_seed
 from fedi2i.data.slices import SliceSet
 from fedi2i.errors import ConfigError, RecordError
 from fedi2i.fl.client import loss_fn, make_optimiser
-from fedi2i.fl.engine import CHECKPOINT
+from fedi2i.fl.engine import CHECKPOINT, load_checkpoint
 from fedi2i.fl.params import ParamSpec
 from fedi2i.models import build_unet
 from fedi2i.training import RunOptions, build_engine, train
@@ -98,12 +98,12 @@ def start_model(config: Config, data: FederatedData, stage: str, work_dir: Path,
     path = Path(base_run_dir) / CHECKPOINT
     if not path.exists():
         raise RecordError(f"{base_run_dir} has no {CHECKPOINT}: give a trained run folder as the base run")
-    state = torch.load(path, weights_only=False)
-    vector = state["global_vector"]
+    base = load_checkpoint(path)
+    vector = base.global_vector
     if vector.numel() != spec_numel:
         raise ConfigError(f"the base run {base_run_dir} has a model of {vector.numel()} values, the config's "
                           f"model has {spec_numel}: use the same model settings (model.*) as the base run")
-    return vector, int(state["next_round"])
+    return vector, base.next_round
 
 
 def victim_config(config: Config, setting: VictimSetting, round_index: int) -> Config:

@@ -25,7 +25,7 @@ from fedi2i.attacks.membership.settings import METHODS, MembershipSettings, Sign
 from fedi2i.config import load_config
 from fedi2i.data.federation import FederatedData, load_federation
 from fedi2i.errors import DataError, RecordError
-from fedi2i.fl.engine import write_json
+from fedi2i.io import write_json
 from fedi2i.fl.observer import ServerRecord
 
 SCORERS: dict[str, Scorer] = {

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from fedi2i.fl.engine import write_json
+from fedi2i.io import write_json
 
 MIN_GAP = 0.5  # in units of the running score (robust z): half a robust standard deviation
 QUALITY_COLUMNS = ("key", "rule", "attack", "level", "n_malicious", "malicious", "tolerates", "status",

@@ -26,8 +26,9 @@ from flwr.app import ConfigRecord, RecordDict
 from fedi2i.config import Config, dump_config
 from fedi2i.errors import AggregationError, ConfigError
 from fedi2i.fl.client import ClientUpdate, round_lr
-from fedi2i.fl.engine import (CHECKPOINT, FederatedRun, load_or_start, sample_clients, save_checkpoint,
-                             write_json)
+from fedi2i.fl.engine import (CHECKPOINT, FederatedRun, load_checkpoint, load_or_start, sample_clients,
+                             save_checkpoint)
+from fedi2i.io import save_torch, write_json
 from fedi2i.fl.flower import protocol as P
 from fedi2i.fl.flower.codec import put, record_secagg, record_vector, secagg_records, vector_record
 from fedi2i.fl.params import ParamSpec
@@ -259,7 +260,7 @@ class ServerRounds:
     def _finish(self, run: FederatedRun) -> None:
         model = build_unet(self.config.model)
         self.spec.load_into(model, run.global_vector)
-        torch.save(model.state_dict(), self.run_dir / "model.pt")
+        save_torch(self.run_dir / "model.pt", model.state_dict())
         write_json(self.run_dir / "history.json", run.history)
         write_json(self.run_dir / "metrics.json", {
             "runtime": "flower", "rounds_done": run.next_round, "finished": True,
@@ -269,7 +270,7 @@ class ServerRounds:
 
 def load_global(run_dir: Path) -> torch.Tensor:
     """The final global vector a run wrote (either runtime)."""
-    return torch.load(Path(run_dir) / CHECKPOINT, weights_only=False)["global_vector"]
+    return load_checkpoint(Path(run_dir) / CHECKPOINT).global_vector
 
 
 def read_json(path: Path) -> Any:
