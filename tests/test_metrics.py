@@ -55,6 +55,21 @@ def test_ssim_ignores_outside_mask() -> None:
     assert ssim(ct, other, mask) == pytest.approx(1.0)
 
 
+def test_ssim_on_a_small_mask_equals_the_whole_volume_definition() -> None:
+    """SSIM is computed on the mask's bounding box only; it must equal the map over the whole volume."""
+    rng = np.random.default_rng(4)
+    ct = rng.uniform(-1000, 1500, (20, 40, 36)).astype(np.float32)
+    sct = ct + rng.normal(0, 300, ct.shape).astype(np.float32)
+    mask = np.zeros(ct.shape, bool)
+    mask[2:12, 10:25, 5:30] = True  # touches the 3-voxel face band in z, away from the faces in y and x
+    gt = np.where(mask, ct, -1024) + 1024
+    pr = np.where(mask, np.clip(sct, -1024, 3000), -1024) + 1024
+    _, smap = structural_similarity(gt, pr, data_range=4024, full=True)
+    inner = np.zeros_like(mask)
+    inner[3:-3, 3:-3, 3:-3] = mask[3:-3, 3:-3, 3:-3]
+    assert ssim(ct, sct, mask) == pytest.approx(smap[inner].mean(), rel=1e-5)
+
+
 def test_roc_summary_counts_and_tpr() -> None:
     labels = np.array([1] * 50 + [0] * 200)
     scores = np.concatenate([np.linspace(1, 2, 50), np.linspace(0, 1.5, 200)])

@@ -52,9 +52,9 @@ def test_splits_are_patient_level_disjoint_and_seeded(phantom_root: Path) -> Non
 
 
 def test_federation_slices_normalised_and_reproducible(tmp_path: Path) -> None:
-    build_phantom_dataset(tmp_path, n_centres=2, patients_per_centre=3, shape=(16, 40, 40))
-    cfg = load_config("tiny", {"data.root": str(tmp_path), "data.train_centres": ["A"],
-                               "data.unseen_centres": ["B"], "data.val_fraction": 0.0,
+    build_phantom_dataset(tmp_path, n_centres=3, patients_per_centre=3, shape=(16, 40, 40))
+    cfg = load_config("tiny", {"data.root": str(tmp_path), "data.train_centres": ["A", "B"],
+                               "data.unseen_centres": ["C"], "data.val_fraction": 0.0,
                                "data.test_fraction": 0.34})
     fed = load_federation(cfg.data, cfg.seed)
     s = fed.train["A"]

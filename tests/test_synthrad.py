@@ -18,7 +18,7 @@ from fedi2i.errors import DataError
 
 def _write(root: Path, pid: str, fmt: str = "nii.gz", seed: int = 0) -> Path:
     mr, ct, mask = make_phantom_head((16, 32, 32), seed=seed)
-    return write_patient(root, pid, mr, ct, mask, spacing=(2.0, 1.5, 1.5), fmt=fmt)
+    return write_patient(root, pid, mr, ct, mask, spacing=(8.0, 7.5, 7.5), fmt=fmt)  # a 240 mm field of view
 
 
 def test_round_trip_nifti_and_mha(tmp_path: Path) -> None:
@@ -55,7 +55,7 @@ def _corrupt(folder: Path, kind: str) -> str:
         return "mr.nii.gz"
     if kind == "shape":
         img = sitk.GetImageFromArray(np.zeros((16, 30, 32), np.uint8))
-        img.SetSpacing((1.5, 1.5, 2.0))
+        img.SetSpacing((7.5, 7.5, 8.0))
         sitk.WriteImage(img, str(folder / "mask.nii.gz"))
         return "mask.nii.gz"
     if kind == "affine":
@@ -113,7 +113,7 @@ def test_data_inspect_reports_problems(tmp_path: Path) -> None:
     _write(tmp_path, "1BA001", seed=1)
     _corrupt(_write(tmp_path, "1BA002", seed=2), "nonfinite")
     result = CliRunner().invoke(app, ["data", "inspect", str(tmp_path)])
-    assert result.exit_code == 1
+    assert result.exit_code == 3
     assert "non-finite" in result.output and "1BA001" in result.output
     shutil.rmtree(tmp_path / "1BA002")
     assert CliRunner().invoke(app, ["data", "inspect", str(tmp_path)]).exit_code == 0

@@ -43,11 +43,27 @@ def ssim(ct: np.ndarray, sct: np.ndarray, mask: np.ndarray | None = None) -> flo
     if min(ct.shape) <= 2 * _SSIM_PAD:
         raise ValueError(f"SSIM needs volumes larger than {2 * _SSIM_PAD + 1} voxels per axis, got {ct.shape}")
     m = _as_mask(mask, ct)
-    gt = np.where(m, np.clip(ct, HU_MIN, HU_MAX), HU_MIN).astype(np.float32) - HU_MIN
-    pred = np.where(m, np.clip(sct, HU_MIN, HU_MAX), HU_MIN).astype(np.float32) - HU_MIN
-    _, ssim_map = structural_similarity(gt, pred, data_range=DATA_RANGE, full=True)
+    scored = np.zeros_like(m)
     inner = (slice(_SSIM_PAD, -_SSIM_PAD),) * ct.ndim
-    return float(ssim_map[inner][m[inner]].mean(dtype=np.float64))
+    scored[inner] = m[inner]
+    # Every 7-voxel window centred on a scored voxel lies inside the scored voxels' bounding box grown by
+    # 3 voxels, so computing the map on that box alone gives the same values, in a fraction of the time.
+    box = _grown_box(scored, _SSIM_PAD)
+    gt = np.where(m[box], np.clip(ct[box], HU_MIN, HU_MAX), HU_MIN).astype(np.float32) - HU_MIN
+    pred = np.where(m[box], np.clip(sct[box], HU_MIN, HU_MAX), HU_MIN).astype(np.float32) - HU_MIN
+    _, ssim_map = structural_similarity(gt, pred, data_range=DATA_RANGE, full=True)
+    return float(ssim_map[scored[box]].mean(dtype=np.float64))
+
+
+def _grown_box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
+    """Bounding box of ``mask`` grown by ``margin`` voxels per side (clipped to the array); whole array if empty."""
+    if not mask.any():
+        return (slice(None),) * mask.ndim
+    box = []
+    for axis in range(mask.ndim):
+        hit = np.nonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))[0]
+        box.append(slice(max(int(hit[0]) - margin, 0), min(int(hit[-1]) + margin + 1, mask.shape[axis])))
+    return tuple(box)
 
 
 def image_metrics(ct: np.ndarray, sct: np.ndarray, mask: np.ndarray | None = None) -> dict[str, float]:

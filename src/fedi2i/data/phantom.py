@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from fedi2i.data.geometry import DEFAULT_FOV_MM
 from fedi2i.data.synthrad import patient_id, write_patient
 
 # (CT HU, T1 intensity) per tissue class; T1: fat/scalp bright, bone and air dark, WM > GM > CSF.
@@ -95,7 +96,12 @@ def make_phantom_head(shape: tuple[int, int, int] = (64, 64, 64), seed: int = 0,
 
 def build_phantom_dataset(root: Path, n_centres: int = 5, patients_per_centre: int = 4, seed: int = 0,
                           shape: tuple[int, int, int] = (32, 64, 64), fmt: str = "nii.gz") -> list[str]:
-    """Write a phantom federation in the SynthRAD layout; centres A, B, ... differ by scanner profile."""
+    """Write a phantom federation in the SynthRAD layout; centres A, B, ... differ by scanner profile.
+
+    Isotropic voxels sized so that the in-plane field of view is the model's default (240 mm): the
+    phantom head is then about 200 mm wide, like a real one, whatever ``shape`` is.
+    """
+    mm = DEFAULT_FOV_MM / shape[2]
     written = []
     for c in range(n_centres):
         centre = chr(ord("A") + c)
@@ -103,7 +109,7 @@ def build_phantom_dataset(root: Path, n_centres: int = 5, patients_per_centre: i
         for p in range(1, patients_per_centre + 1):
             pid = patient_id(centre, p)
             mr, ct, mask = make_phantom_head(shape, seed=hash_seed(seed, c, p), profile=profile)
-            write_patient(Path(root), pid, mr, ct, mask, spacing=(2.0, 2.0, 2.0), fmt=fmt)
+            write_patient(Path(root), pid, mr, ct, mask, spacing=(mm, mm, mm), fmt=fmt)
             written.append(pid)
     return written
 

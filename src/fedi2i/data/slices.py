@@ -10,9 +10,10 @@ import logging
 from dataclasses import dataclass, field
 
 import numpy as np
+import SimpleITK as sitk
 import torch
-import torch.nn.functional as F
 
+from fedi2i.data.geometry import GridSettings, model_grid, resample
 from fedi2i.data.synthrad import PatientRecord, PatientVolumes, load_patient
 from fedi2i.errors import DataError
 
@@ -78,24 +79,65 @@ class SliceSet:
                         torch.cat([p.slice_index for p in parts]), sum((p.centre for p in parts), []))
 
 
-def volume_to_slices(vol: PatientVolumes, image_size: int, percentiles: tuple[float, float],
+@dataclass
+class GridVolumes:
+    """One patient resampled onto its model grid (:mod:`fedi2i.data.geometry`).
+
+    ``mr`` normalised, ``ct`` in [-1, 1] and ``mask`` (0/1) are float32 arrays [Z, H, W] with
+    H = W = image_size; ``grid`` is the SimpleITK image that places them in the world.
+    """
+
+    pid: str
+    centre: str
+    mr: np.ndarray
+    ct: np.ndarray
+    mask: np.ndarray
+    grid: sitk.Image
+
+
+def as_grid_settings(grid: GridSettings | int) -> GridSettings:
+    """A bare image size means the default field of view."""
+    return grid if isinstance(grid, GridSettings) else GridSettings.default(int(grid))
+
+
+def mr_to_grid(mr: sitk.Image, mask: sitk.Image, settings: GridSettings,
+               percentiles: tuple[float, float]) -> tuple[np.ndarray, np.ndarray, sitk.Image]:
+    """Normalised MR and mask on the model grid ([Z, H, W] float32 each) and the grid itself."""
+    mask_native = sitk.GetArrayFromImage(mask) > 0.5
+    grid = model_grid(mask, mask_native, settings)
+    mask_g = (resample(mask, grid, 0.0) > 0.5).astype(np.float32)
+    mr_g = resample(mr, grid, 0.0)
+    if not mask_g.any():
+        raise DataError("the body mask falls outside the model's field of view "
+                        f"({settings.fov_mm:g} mm); check the image's origin and direction")
+    return normalise_mr(mr_g, mask_g, percentiles), mask_g, grid
+
+
+def to_model_grid(vol: PatientVolumes, grid: GridSettings | int, percentiles: tuple[float, float]) -> GridVolumes:
+    """Reorient, resample in-plane to the model's pixel size and field of view, normalise."""
+    settings = as_grid_settings(grid)
+    try:
+        mr, mask, grid_img = mr_to_grid(vol.image("mr"), vol.image("mask"), settings, percentiles)
+    except DataError as exc:
+        raise DataError(str(exc), patient=vol.pid) from None
+    ct = ct_to_unit(resample(vol.image("ct"), grid_img, HU_MIN))
+    ct = np.where(mask > 0, ct, np.float32(-1.0 + 24 / HU_RANGE * 2)).astype(np.float32)  # -1000 HU outside
+    return GridVolumes(vol.pid, vol.centre, mr, ct, mask, grid_img)
+
+
+def volume_to_slices(vol: PatientVolumes, image_size: GridSettings | int, percentiles: tuple[float, float],
                      min_mask_fraction: float = 0.05, stride: int = 1) -> SliceSet:
-    """Normalise one patient and resize its body-containing axial slices to image_size^2."""
-    mr = normalise_mr(vol.mr, vol.mask, percentiles)
-    ct = ct_to_unit(vol.ct)
-    keep = np.where(vol.mask.reshape(vol.mask.shape[0], -1).mean(1) >= min_mask_fraction)[0][::stride]
+    """The patient's model-grid axial slices with at least ``min_mask_fraction`` body; [N, 1, H, W]."""
+    g = to_model_grid(vol, image_size, percentiles)
+    keep = np.where(g.mask.reshape(g.mask.shape[0], -1).mean(1) >= min_mask_fraction)[0][::stride]
     if keep.size == 0:
         raise DataError(f"no axial slice has {min_mask_fraction:.0%} body in its mask", patient=vol.pid)
-    stack = torch.from_numpy(np.stack([mr[keep], ct[keep], vol.mask[keep].astype(np.float32)], 1))
-    if stack.shape[-2:] != (image_size, image_size):
-        stack = F.interpolate(stack, size=(image_size, image_size), mode="bilinear", align_corners=False)
-    mask = (stack[:, 2:3] > 0.5).float()
-    ct_t = torch.where(mask > 0, stack[:, 1:2], torch.full_like(stack[:, 1:2], -1.0 + 24 / HU_RANGE * 2))
-    return SliceSet(stack[:, 0:1].contiguous(), ct_t.contiguous(), mask, [vol.pid] * len(keep),
-                    torch.from_numpy(keep.astype(np.int64)), [vol.centre] * len(keep))
+    mr, ct, mask = (torch.from_numpy(np.ascontiguousarray(a[keep][:, None])) for a in (g.mr, g.ct, g.mask))
+    return SliceSet(mr, ct, mask, [vol.pid] * len(keep), torch.from_numpy(keep.astype(np.int64)),
+                    [vol.centre] * len(keep))
 
 
-def load_slices(records: list[PatientRecord], image_size: int, percentiles: tuple[float, float],
+def load_slices(records: list[PatientRecord], image_size: GridSettings | int, percentiles: tuple[float, float],
                 min_mask_fraction: float = 0.05, stride: int = 1, skip_bad: bool = False) -> SliceSet:
     """Load and slice several patients; a bad patient raises DataError or, with skip_bad, is skipped."""
     parts = []

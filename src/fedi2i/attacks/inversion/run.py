@@ -31,6 +31,7 @@ from fedi2i.attacks.inversion.victim import (VictimSetting, _with, dp_epsilon, d
 from fedi2i.config import Config
 from fedi2i.data.federation import FederatedData
 from fedi2i.errors import ConfigError
+from fedi2i.io import read_json
 
 
 @dataclass(frozen=True)
@@ -174,7 +175,7 @@ def run_inversion_grid(config: Config, data: FederatedData, out_dir: Path,
     for cell in plan_inversion(settings):
         path = out_dir / "cells" / f"{cell.key}.json"
         if path.exists():
-            result = json.loads(path.read_text())
+            result = read_json(path, hint='delete it to rerun that cell')
         else:
             result = run_inversion_cell(config, data, cell, out_dir, base_run_dir, settings)
             _write_text(path, json.dumps(result, indent=2, default=_json_default))

@@ -22,7 +22,7 @@ import torch
 from fedi2i.attacks.membership.candidates import Candidates
 from fedi2i.attacks.membership.signals import ModelProbe, cosine_to
 from fedi2i.config import ModelConfig
-from fedi2i.errors import RecordError
+from fedi2i.errors import RecordError, RunStateError
 from fedi2i.fl.observer import RoundView, ServerRecord
 from fedi2i.models import build_unet
 
@@ -63,9 +63,13 @@ class Signals:
 
     @classmethod
     def load(cls, path: Path) -> "Signals":
-        with np.load(path) as z:
-            meta = json.loads(str(z["meta"]))
-            arrays = {k: z[k] for k in cls.ARRAYS if k in z.files}
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"]))
+                arrays = {k: z[k] for k in cls.ARRAYS if k in z.files}
+        except Exception as exc:  # truncated, foreign or pickled: never read further
+            raise RunStateError(f"{path} is unreadable ({type(exc).__name__}); delete it and the signals are "
+                                "computed again") from None
         return cls(rounds=meta["rounds"], clients=meta["clients"], secure=meta["secure"],
                    seconds=meta["seconds"], **arrays)
 
