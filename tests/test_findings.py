@@ -76,3 +76,41 @@ def test_collapsed_federation_counts_as_inoperative_for_any_attack() -> None:
     poisoning = next(t for t in threats if t.threat.startswith("Poisoning"))
     assert poisoning.verdict == "high" and "collapsed at update_noise high" in poisoning.exposure
     assert _comparison(comps, "FedMedian restores").status == "reproduced"
+
+
+def _scenario(n_clients: int) -> dict[str, Any]:
+    """FedMedian: fine with one malicious centre, ruined with two; the detector separates one attacker but
+    not two. With 4 clients two attackers are a majority (the median's guarantee is void); with 5 they are not."""
+    cells = {}
+    for r, a, lv, n, m in [("fedavg", "none", "none", 0, 300.0), ("fedavg", "data_noise", "low", 1, 305.0),
+                           ("fedavg", "data_noise", "high", 2, 900.0), ("fedmedian", "none", "none", 0, 300.0),
+                           ("fedmedian", "data_noise", "high", 1, 310.0), ("fedmedian", "data_noise", "high", 2, 900.0)]:
+        cell = _poison(r, a, lv, m)
+        cell["result"].update(n_malicious=n, n_clients=n_clients, tolerates=(n_clients - 1) // 2 if r == "fedmedian" else 0)
+        cells[f"poison/{r}-{a}-{lv}-{n}"] = cell
+    return cells
+
+
+def test_majority_attack_feeds_no_median_or_stealth_verdict() -> None:
+    detection = _detection(margin_one=2.0, margin_two=-0.4)
+    threats, comps = summarise(_scenario(n_clients=4), detection)
+    restores = _comparison(comps, "FedMedian restores")
+    assert restores.status == "reproduced"  # judged on 1 malicious only: 2 of 4 is a majority
+    assert "2 (majority attack, no guarantee) malicious: x3.00" in restores.ours
+    stealth = next(t for t in threats if t.threat.startswith("Stealthy"))
+    assert stealth.verdict == "low" and "2 malicious (majority attack, not judged)" in stealth.exposure
+    assert _comparison(comps, "Low noise is stealthy").status == "exceeded"
+    # the same numbers with 5 clients: two attackers are a minority the median should withstand
+    threats, comps = summarise(_scenario(n_clients=5), detection)
+    assert _comparison(comps, "FedMedian restores").status == "not reproduced"
+    assert next(t for t in threats if t.threat.startswith("Stealthy")).verdict == "medium"
+
+
+def test_only_majority_scenarios_give_no_verdict() -> None:
+    cells = {k: v for k, v in _scenario(n_clients=4).items() if not k.endswith("-1")}
+    detection = _detection(margin_one=2.0, margin_two=-0.4)
+    detection["data_noise"]["stops_separating_at_by_malicious"].pop("1")
+    threats, comps = summarise(cells, detection)
+    assert _comparison(comps, "FedMedian restores").status == "not measured"
+    assert _comparison(comps, "Low noise is stealthy").status == "not measured"
+    assert next(t for t in threats if t.threat.startswith("Stealthy")).verdict == "not measured"

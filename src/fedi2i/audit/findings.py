@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from fedi2i.attacks.poisoning.summary import MIN_GAP, attack_levels
+from fedi2i.attacks.poisoning.summary import MIN_GAP, attack_levels, majority_attack, n_clients_of
 
 # The study's findings (J Med Syst 2026;50:108), as stated in its abstract.
 STUDY = {
@@ -50,15 +50,50 @@ def _level(value: float | None, high: float, medium: float) -> str:
     return "high" if value >= high else "medium" if value >= medium else "low"
 
 
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
 # --- synthesis quality -------------------------------------------------------------------------
 def quality(cells: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Unseen-centre metrics per training run (mean over the unseen centres' patients)."""
+    """Unseen-centre metrics per training run (mean over the unseen centres' patients); a run with a
+    missing or non-finite metric (a diverged model) is left out, and listed by ``unusable_numbers``."""
     out = {}
     for key, result in ok_results(cells, "train").items():
-        unseen = result.get("unseen") or {}
-        if unseen:
-            vals = list(unseen.values())
+        vals = list((result.get("unseen") or {}).values())
+        if vals and all(_finite(v.get(m)) for v in vals for m in ("mae", "psnr", "ssim")):
             out[key.split("/", 1)[1]] = {m: sum(v[m] for v in vals) / len(vals) for m in ("mae", "psnr", "ssim")}
+    return out
+
+
+def unusable_numbers(cells: dict[str, dict[str, Any]]) -> list[dict[str, str]]:
+    """Finished cells whose headline numbers are missing or not finite, and which: the report shows them as
+    such, and every statistic above leaves them out."""
+    out = []
+    for key, cell in cells.items():
+        result = cell.get("result") or {}
+        if cell.get("status") != "ok":
+            continue
+        kind, why = cell.get("kind"), []
+        if kind == "train":
+            bad = sorted(c for c, v in (result.get("unseen") or {}).items()
+                         if not all(_finite(v.get(m)) for m in ("mae", "psnr", "ssim")))
+            why += [f"unseen-centre metrics not finite for {', '.join(bad)} (diverged model)"] if bad else []
+            why += [] if result.get("unseen") else ["no unseen-centre metrics"]
+        elif kind == "poison" and result.get("status") == "done":
+            if result.get("collapsed"):
+                why.append(f"federation collapsed in round {result.get('collapsed_round')}: no test metrics")
+            elif not all(_finite(v) for v in (result.get("unseen_mean") or {None: None}).values()):
+                why.append("unseen-centre metrics missing or not finite (diverged model)")
+            running = (result.get("detector") or {}).get("running") or {}
+            bad = sorted(c for c, series in running.items() if not all(_finite(v) for v in series))
+            why += [f"detector scores not finite for {', '.join(bad)} (left out of the ROC)"] if bad else []
+        elif kind == "inversion" and not _finite(result.get("mri_ssim")):
+            why.append("no finite reconstruction SSIM")
+        elif kind == "membership" and result.get("methods") and not membership_aucs(result):
+            why.append("no finite AUC for any method")
+        if why:
+            out.append({"key": key, "why": "; ".join(why)})
     return out
 
 
@@ -246,11 +281,22 @@ def summarise(cells: dict[str, dict[str, Any]], detection: dict[str, Any] | None
     return threats, comps
 
 
+def _majority_counts(rows: list[dict[str, Any]]) -> set[int]:
+    """Numbers of malicious centres that are half or more of a round's clients in some cell."""
+    return {r["n_malicious"] for r in rows
+            if r.get("n_malicious") and majority_attack(r["n_malicious"], n_clients_of(r))}
+
+
 def _poisoning(rows: list[dict[str, Any]], levels: dict[str, list[str]], detection: dict[str, Any],
                threats: list[Threat], comps: list[Comparison]) -> None:
     """Every attack of the matrix at its highest level; FedAvg judged on its worst case, FedMedian per number
-    of malicious centres (its guarantee holds only while they are a minority)."""
+    of malicious centres. FedMedian's verdict uses only the counts its guarantee covers (a malicious
+    minority within its tolerance); a majority attack is shown, labelled, and judged by nothing."""
     counts = sorted({r["n_malicious"] for r in rows if r.get("n_malicious")})
+    majority = _majority_counts(rows)
+    known = [r["tolerates"] for r in rows if r["rule"] == "fedmedian" and r.get("tolerates") is not None]
+    tolerates = max(known) if known else None  # None: results that do not say, judged by majority alone
+    covered = [n for n in counts if n not in majority and (tolerates is None or n <= tolerates)]
     high = {a: lv[-1] for a, lv in levels.items()}
     where = {a: f"{a} {high[a]}" for a in levels}
     avg_base = poison_effect(rows, "fedavg", None, None)[1]
@@ -267,7 +313,8 @@ def _poisoning(rows: list[dict[str, Any]], levels: dict[str, list[str]], detecti
         parts = []
         for n in counts or [None]:
             values = {a: med[(a, n)] if scale is None else _ratio(med[(a, n)], scale) for a in levels}
-            parts.append(f"{n if n is not None else 'all'} malicious: {listing(values, fmt)}")
+            who = "all" if n is None else f"{n} (majority attack, no guarantee)" if n in majority else str(n)
+            parts.append(f"{who} malicious: {listing(values, fmt)}")
         return "; ".join(parts)
 
     threats.append(Threat(
@@ -282,46 +329,54 @@ def _poisoning(rows: list[dict[str, Any]], levels: dict[str, list[str]], detecti
                             "unseen MAE vs clean: " + listing(avg_x, _times),
                             "reproduced" if any(r >= 1.5 for r in ratios) else "not reproduced" if ratios
                             else "not measured"))
-    fewest = [_ratio(med[(a, counts[0] if counts else None)], med_base) for a in levels]
-    fewest = [v for v in fewest if v is not None]
+    judged = [_ratio(med[(a, n)], med_base) for a in levels for n in covered]
+    judged = [v for v in judged if v is not None]
+    ours = "unseen MAE vs clean, " + by_count(_times, med_base)
+    if counts and not covered:
+        ours += "; no configuration within FedMedian's guarantee (a malicious minority), so no verdict"
     comps.append(Comparison("FedMedian restores performance under high noise", "close to baseline in most scenarios",
-                            "unseen MAE vs clean, " + by_count(_times, med_base),
-                            "reproduced" if fewest and all(r <= 1.2 for r in fewest) else
-                            "not reproduced" if fewest else "not measured"))
+                            ours, "reproduced" if judged and all(r <= 1.2 for r in judged) else
+                            "not reproduced" if judged else "not measured"))
     noise = [a for a in levels if "noise" in a]
     stealth_attack = "data_noise" if "data_noise" in noise else (noise or list(levels))[0]
     det = detection.get(stealth_attack)
     if det:
-        threat, comp = _stealth(det, levels[stealth_attack][0])
+        threat, comp = _stealth(det, levels[stealth_attack][0], {str(n) for n in majority})
         threats.append(threat)
         comps.append(comp)
 
 
-def _stealth(det: dict[str, Any], low: str) -> tuple[Threat, Comparison]:
+def _stealth(det: dict[str, Any], low: str, majority: set[str] = frozenset()) -> tuple[Threat, Comparison]:
     """Is the lowest noise level separable from honest centres? Judged by the detector's margin (lowest
     attacker score minus highest honest score) per number of malicious centres, not the pooled AUC, which
-    can be high while an honest centre still outscores an attacker."""
+    can be high while an honest centre still outscores an attacker. Majority attacks are listed but judge
+    nothing: a detector that scores centres against the others cannot be expected to single out a majority."""
     stops = det.get("stops_separating_at_by_malicious") or {}
     margins = det.get("margin", {}).get(low, {})
-    splits = sorted(k for k in stops if k != "all") or ["all"]
+    majority = set(majority) | set(det.get("majority_splits") or ())
+    all_splits = sorted((k for k in stops if k != "all"), key=int)
+    splits = [k for k in all_splits if k not in majority] or ([] if all_splits else ["all"])
 
     def said(split: str) -> str:
         who = "pooled runs" if split == "all" else f"{split} malicious"
+        if split in majority:
+            who += " (majority attack, not judged)"
         stop = stops.get(split)
         where = f"not separated up to level {stop}" if stop else "separated at every level"
         return f"{who}: {where} (margin at {low} {_fmt(margins.get(split))})"
 
-    text = "; ".join(said(k) for k in splits)
+    text = "; ".join(said(k) for k in (all_splits or ["all"]))
+    auc = "detector AUC per level: " + ", ".join(f"{lv} {_fmt(a)}" for lv, a in det["auc"].items())
+    finding = ("Low noise is stealthy (looks like heterogeneity)", "indistinguishable from natural heterogeneity")
+    if not splits:
+        note = text + "; every scenario is a majority attack, so no verdict"
+        return (Threat("Stealthy low-level poisoning", note, "update monitor (robust z-scores over rounds)", auc,
+                       "not measured"), Comparison(*finding, note, "not measured"))
     hidden = [k for k in splits if margins.get(k) is None or margins[k] < MIN_GAP]
     stealthy_alone = splits[0] in hidden  # the fewest malicious centres: the detector's design case
     verdict = "high" if stealthy_alone else "medium" if hidden or any(stops.get(k) for k in splits) else "low"
-    threat = Threat("Stealthy low-level poisoning", text, "update monitor (robust z-scores over rounds)",
-                    "detector AUC per level: " + ", ".join(f"{lv} {_fmt(a)}" for lv, a in det["auc"].items()),
-                    verdict)
-    comp = Comparison("Low noise is stealthy (looks like heterogeneity)",
-                      "indistinguishable from natural heterogeneity", text,
-                      "reproduced" if stealthy_alone else "exceeded")
-    return threat, comp
+    threat = Threat("Stealthy low-level poisoning", text, "update monitor (robust z-scores over rounds)", auc, verdict)
+    return threat, Comparison(*finding, text, "reproduced" if stealthy_alone else "exceeded")
 
 
 def as_dicts(items: list[Any]) -> list[dict[str, Any]]:

@@ -1,24 +1,37 @@
-"""The audit report: report.html (self-contained), results.json and results.csv."""
+"""The audit report: report.html (self-contained), results.json and results.csv.
+
+The report is always written. Every part (the poisoning tables, the findings, each HTML section, the CSV)
+is built on its own: a part that fails is replaced by a note naming it and its error, and is listed under
+``section_errors`` in results.json, while every other part is written as usual. A section is a function
+of ``ReportInputs`` returning HTML, listed in ``SECTIONS`` in page order; adding one is one entry there.
+"""
 
 from __future__ import annotations
 
 import csv
 import io
-import json
+import logging
+import math
 import platform
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 from fedi2i.audit import html as H
-from fedi2i.audit.findings import Comparison, Threat, as_dicts, membership_aucs, quality, summarise
+from fedi2i.audit.findings import (Comparison, Threat, membership_aucs, quality, summarise, unusable_numbers)
 from fedi2i.audit.plan import AuditCell
+from fedi2i.audit.schema import AuditResults, finite_json
 from fedi2i.audit.store import CellStore
 from fedi2i.config import Config
-from fedi2i.io import write_json
+from fedi2i.io import read_json, write_text
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PACKAGES = ("fedi2i", "torch", "monai", "numpy", "cryptography", "opacus", "flwr", "scikit-learn", "SimpleITK")
 
@@ -40,6 +53,13 @@ def _poison_summary(out_dir: Path, cells: dict[str, dict[str, Any]]) -> dict[str
     from fedi2i.attacks.poisoning import summarise_poison
 
     return summarise_poison(rows, out_dir / "poison" / "summary")
+
+
+def _num(value: Any, digits: int, signed: bool = False) -> str:
+    """A number for a table; missing or non-finite numbers read "n/a" (never "nan" in a statistic)."""
+    if value is None or not math.isfinite(value):
+        return "n/a"
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
 
 
 def _csv(cells: dict[str, dict[str, Any]]) -> str:
@@ -67,6 +87,32 @@ def _csv(cells: dict[str, dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
+@dataclass
+class ReportInputs:
+    """Everything a section may show, computed once (each piece may be missing if computing it failed)."""
+
+    config: Config
+    out_dir: Path
+    planned: int
+    cells: dict[str, dict[str, Any]]
+    generated: str
+    poison: dict[str, Any] | None = None
+    threats: list[Threat] = field(default_factory=list)
+    comps: list[Comparison] = field(default_factory=list)
+    unusable: list[dict[str, str]] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+def _guarded(errors: dict[str, str], name: str, build: Callable[[], T], fallback: T) -> T:
+    """Run one part of the report; on failure record it under ``name`` and return ``fallback``."""
+    try:
+        return build()
+    except Exception as exc:  # one broken part must not cost the user the rest of the report
+        log.exception("report part %r failed", name)
+        errors[name] = f"{type(exc).__name__}: {exc}"
+        return fallback
+
+
 def _verdict_cell(verdict: str) -> str:
     css = {"high": "verdict-high", "medium": "verdict-medium", "low": "verdict-low"}.get(verdict, "")
     label = {"high": "HIGH exposure", "medium": "MEDIUM exposure", "low": "LOW exposure"}.get(verdict, verdict)
@@ -81,27 +127,49 @@ def _figures(paths: list[Path], limit: int = 8) -> str:
     return "".join(H.figure(p, p.stem.replace("_", " ")) for p in paths[:limit])
 
 
-def _section_quality(out_dir: Path, cells: dict[str, dict[str, Any]]) -> str:
-    q = quality(cells)
+def _section_header(r: ReportInputs) -> str:
+    c = r.config
+    ok = sum(v.get("status") == "ok" for v in r.cells.values())
+    minutes = sum(v.get("seconds", 0.0) for v in r.cells.values()) / 60
+    return (f"<h1>fedi2i security audit: preset <code>{H.esc(c.name)}</code></h1>"
+            f"<p class='small'>Generated {r.generated}. {ok} of {r.planned} cells finished, {minutes:.1f} min of "
+            f"compute. Data: {H.esc(c.data.root or 'built-in ' + c.data.source)}; {len(c.data.train_centres)} "
+            f"training centres, unseen centre(s) {', '.join(c.data.unseen_centres)}.</p>")
+
+
+def _section_summary(r: ReportInputs) -> str:
+    return "<h2>Summary</h2>" + H.table(
+        ["threat", "exposure without defence", "defence that helps", "exposure with it", "verdict"],
+        [(t.threat, t.exposure, t.defence, t.with_defence, _verdict_cell(t.verdict)) for t in r.threats],
+        raw_columns={4})
+
+
+def _section_study(r: ReportInputs) -> str:
+    return "<h2>The study's findings beside ours</h2>" + H.table(
+        ["finding", "study", "fedi2i", "status"],
+        [(c.finding, c.study, c.ours, _status_cell(c.status)) for c in r.comps], raw_columns={3})
+
+
+def _section_quality(r: ReportInputs) -> str:
+    q = quality(r.cells)
     rows = [(run, f"{m['mae']:.1f}", f"{m['psnr']:.2f}", f"{m['ssim']:.3f}") for run, m in q.items()]
-    figs = sorted((out_dir / "runs" / "fedavg-none" / "figures").glob("*.png"))
-    dp = next((c["result"].get("dp") for k, c in cells.items() if k == "train/fedavg-dp" and c.get("status") == "ok"), None)
+    figs = sorted((r.out_dir / "runs" / "fedavg-none" / "figures").glob("*.png"))
+    dp_cell = r.cells.get("train/fedavg-dp") or {}
+    dp = (dp_cell.get("result") or {}).get("dp") if dp_cell.get("status") == "ok" else None
     dp_txt = (f"<p class='small'>DP run: {H.esc(dp['mode'])} clipping {dp['clip']}, noise multiplier "
-              f"{dp['noise_multiplier']}: (epsilon, delta) = ({dp['epsilon']:.1f}, {dp['delta']:g}) per "
+              f"{dp['noise_multiplier']}: (epsilon, delta) = ({_num(dp['epsilon'], 1)}, {dp['delta']:g}) per "
               f"{H.esc(dp['unit'])}.</p>") if dp else ""
     return ("<h2>Synthesis quality (unseen centre, SynthRAD2023 metrics, mean over patients)</h2>"
             + H.table(["run", "MAE (HU)", "PSNR (dB)", "SSIM"], rows) + dp_txt + _figures(figs))
 
 
-def _section_membership(out_dir: Path, cells: dict[str, dict[str, Any]]) -> str:
+def _section_membership(r: ReportInputs) -> str:
     parts = ["<h2>Membership inference</h2><p>AUC per target centre; members are the centre's training "
              "patients, non-members are held-out patients of the same centre and of the unseen centre. "
              "Same-centre AUC is the true membership signal (other-centre non-members can be told apart by "
              "scanner alone).</p>"]
-    for key, cell in cells.items():
-        if cell.get("kind") != "membership":
-            continue
-        if cell.get("status") != "ok":
+    for key, cell in r.cells.items():
+        if cell.get("kind") != "membership" or cell.get("status") != "ok":
             continue
         rows = []
         for method, m in (cell["result"].get("methods") or {}).items():
@@ -110,27 +178,26 @@ def _section_membership(out_dir: Path, cells: dict[str, dict[str, Any]]) -> str:
                 continue
             for centre, res in (m.get("centres") or {}).items():
                 s, p = res.get("slice") or {}, res.get("patient") or {}
-                rows.append((method, centre, f"{s.get('auc', float('nan')):.3f}",
-                             f"{p.get('auc', float('nan')):.3f}",
-                             "n/a" if s.get("auc_same_centre") is None else f"{s['auc_same_centre']:.3f}",
-                             f"{s.get('tpr@1e-2', float('nan')):.3f} (n_neg={s.get('n_nonmembers')})"))
+                rows.append((method, centre, _num(s.get("auc"), 3), _num(p.get("auc"), 3),
+                             _num(s.get("auc_same_centre"), 3),
+                             f"{_num(s.get('tpr@1e-2'), 3)} (n_neg={s.get('n_nonmembers')})"))
         parts.append(f"<h3>{H.esc(key)}</h3>" + H.table(
             ["method", "centre", "AUC (slice)", "AUC (patient)", "AUC same-centre", "TPR@FPR=1e-2"], rows))
-        parts.append(_figures(sorted((out_dir / "membership" / key.split("/")[1]).rglob("*.png")), 4))
+        parts.append(_figures(sorted((r.out_dir / "membership" / key.split("/")[1]).rglob("*.png")), 4))
     return "".join(parts)
 
 
-def _section_inversion(out_dir: Path, cells: dict[str, dict[str, Any]]) -> str:
+def _section_inversion(r: ReportInputs) -> str:
     rows, figs = [], []
-    for cell in cells.values():
+    for cell in r.cells.values():
         if cell.get("kind") != "inversion" or cell.get("status") != "ok":
             continue
-        r = cell["result"]
-        rows.append((r.get("method"), r.get("batch"), r.get("steps"), r.get("defence"), r.get("round"),
-                     f"{r.get('mri_ssim', float('nan')):.3f}", f"{r.get('mri_psnr', float('nan')):.1f}",
-                     f"{r.get('ct_ssim') or float('nan'):.3f}", f"{r.get('ct_psnr') or float('nan'):.1f}"))
-        if r.get("figure"):
-            figs.append(Path(r["figure"]))
+        x = cell["result"]
+        rows.append((x.get("method"), x.get("batch"), x.get("steps"), x.get("defence"), x.get("round"),
+                     _num(x.get("mri_ssim"), 3), _num(x.get("mri_psnr"), 1), _num(x.get("ct_ssim"), 3),
+                     _num(x.get("ct_psnr"), 1)))
+        if x.get("figure"):
+            figs.append(Path(x["figure"]))
     if not rows:
         return ""
     return ("<h2>Gradient inversion</h2><p>SSIM/PSNR of the recovered slices against the truth after optimal "
@@ -139,69 +206,113 @@ def _section_inversion(out_dir: Path, cells: dict[str, dict[str, Any]]) -> str:
                        "CT PSNR"], rows) + _figures(figs, 6))
 
 
-def _section_poison(summary: dict[str, Any] | None, out_dir: Path) -> str:
-    if not summary:
+def _section_poison(r: ReportInputs) -> str:
+    if not r.poison:
         return ""
-    rows_path = out_dir / "poison" / "summary" / "quality.json"
-    rows = json.loads(rows_path.read_text()) if rows_path.exists() else []
-    table_rows = [(r["rule"], r["attack"], r["level"], r["n_malicious"], r["status"],
-                   "n/a" if r["unseen_mae"] is None else f"{r['unseen_mae']:.1f}",
-                   "n/a" if r["delta_unseen_mae"] is None else f"{r['delta_unseen_mae']:+.1f}",
-                   r.get("flagged") or "", r.get("skip_reason") or "") for r in rows]
-    det = summary.get("detection") or {}
-    det_rows = [(a, lv, f"{auc:.2f}" if auc is not None else "n/a", d.get("stops_separating_at") or "-")
+    rows_path = r.out_dir / "poison" / "summary" / "quality.json"
+    rows = read_json(rows_path) if rows_path.exists() else []
+    table_rows = [(x["rule"], x["attack"], x["level"],
+                   f"{x['n_malicious']}{' (majority attack)' if x.get('majority') else ''}", x["status"],
+                   "collapsed" if x.get("collapsed") else _num(x["unseen_mae"], 1),
+                   _num(x["delta_unseen_mae"], 1, signed=True), x.get("flagged") or "", x.get("skip_reason") or "")
+                  for x in rows]
+    det = r.poison.get("detection") or {}
+    det_rows = [(a, lv, _num(auc, 2), d.get("stops_separating_at") or "-")
                 for a, d in det.items() for lv, auc in d["auc"].items()]
-    figs = sorted((out_dir / "poison" / "summary").rglob("*.png"))
+    figs = sorted((r.out_dir / "poison" / "summary").rglob("*.png"))
     return ("<h2>Poisoning and robust aggregation</h2>"
             + H.table(["rule", "attack", "level", "malicious", "status", "unseen MAE (HU)", "vs clean", "flagged",
                        "note"], table_rows)
-            + "<h3>Detector (server-side update monitor)</h3>"
+            + "<h3>Detector (server-side update monitor)</h3><p class='small'>AUC over finite scores only; a "
+            "centre whose updates were NaN/Inf has no score and is left out. \"Stops separating at\" is read "
+            "with the fewest malicious centres (an honest majority).</p>"
             + H.table(["attack", "level", "ROC AUC attacker vs honest", "stops separating at"], det_rows)
             + _figures(figs, 8))
+
+
+def _section_guarantees(r: ReportInputs) -> str:
+    guarantees = (r.poison or {}).get("guarantees") or []
+    if not guarantees:
+        return ""
+    rows = [(g["rule"], g["n_malicious"], g["n_clients"] or "n/a", g["tolerates"],
+             "yes" if g["majority"] else "no", g["guarantee"] + (f": {g['why']}" if g["why"] else ""))
+            for g in guarantees]
+    return ("<h2>Honest-majority assumptions</h2><p>A robust rule is proven to withstand only a malicious "
+            "minority (median: f &lt; n/2; trimmed mean: f &le; &beta;n; Krum: n &ge; 2f+3; Bulyan: n &ge; 4f+3). "
+            "Configurations marked <b>void</b> are shown in the tables above but feed no verdict that relies on "
+            "the rule's guarantee (\"FedMedian restores\", \"low noise is stealthy\").</p>"
+            + H.table(["rule", "malicious", "clients per round", "tolerates", "majority attack", "guarantee"], rows))
+
+
+def _section_unusable(r: ReportInputs) -> str:
+    if not r.unusable:
+        return ""
+    return ("<h2>Cells without usable numbers</h2><p>These cells finished, but some of their numbers are "
+            "missing or not finite; they are shown as n/a or collapsed and left out of every statistic that "
+            "needs them.</p>" + H.table(["cell", "what is missing"], [(u["key"], u["why"]) for u in r.unusable]))
+
+
+def _section_failed(r: ReportInputs) -> str:
+    failed = [(k, v.get("error", "")) for k, v in r.cells.items() if v.get("status") != "ok"]
+    return "<h2>Cells that failed</h2>" + H.table(["cell", "error"], failed) if failed else ""
+
+
+def _section_config(r: ReportInputs) -> str:
+    return ("<h2>Configuration and versions</h2><pre>"
+            + H.esc(yaml.safe_dump(r.config.model_dump(mode="json"), sort_keys=False)) + "</pre>"
+            + H.table(["package", "version"], sorted(versions().items())))
+
+
+# (name, builder) in page order; a failing builder is replaced by a note naming it
+SECTIONS: list[tuple[str, Callable[[ReportInputs], str]]] = [
+    ("header", _section_header),
+    ("summary", _section_summary),
+    ("study comparison", _section_study),
+    ("synthesis quality", _section_quality),
+    ("membership inference", _section_membership),
+    ("gradient inversion", _section_inversion),
+    ("poisoning", _section_poison),
+    ("honest-majority assumptions", _section_guarantees),
+    ("cells without usable numbers", _section_unusable),
+    ("failed cells", _section_failed),
+    ("configuration", _section_config),
+]
+
+
+def _section_errors(r: ReportInputs) -> str:
+    if not r.errors:
+        return ""
+    return ("<h2 class='error'>Parts of this report that could not be written</h2><p>Everything else above is "
+            "complete.</p>" + H.table(["part", "error"], sorted(r.errors.items())))
 
 
 def write_report(config: Config, out_dir: Path, cells_planned: list[AuditCell], store: CellStore) -> Path:
     """Write report.html, results.json and results.csv from every cell result on disk."""
     out_dir = Path(out_dir)
+    errors: dict[str, str] = {}
     cells = store.all()
-    poison = _poison_summary(out_dir, cells)
-    threats, comps = summarise(cells, (poison or {}).get("detection"))
-    failed = [(k, v.get("error", "")) for k, v in cells.items() if v.get("status") != "ok"]
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    total_seconds = sum(v.get("seconds", 0.0) for v in cells.values())
-    results = {"preset": config.name, "generated": now, "versions": versions(),
-               "cells_planned": len(cells_planned), "cells_ok": sum(v.get("status") == "ok" for v in cells.values()),
-               "summary": as_dicts(threats), "study_comparison": as_dicts(comps),
-               "quality": quality(cells), "poison_summary": {k: v for k, v in (poison or {}).items() if k != "markdown"},
-               "cells": cells}
-    write_json(out_dir / "results.json", results)
-    (out_dir / "results.csv").write_text(_csv(cells))
-    sections = [
-        f"<h1>fedi2i security audit: preset <code>{H.esc(config.name)}</code></h1>",
-        f"<p class='small'>Generated {now}. {results['cells_ok']} of {len(cells_planned)} cells finished, "
-        f"{total_seconds / 60:.1f} min of compute. Data: {H.esc(config.data.root or 'built-in ' + config.data.source)}; "
-        f"{len(config.data.train_centres)} training centres, unseen centre(s) {', '.join(config.data.unseen_centres)}.</p>",
-        "<h2>Summary</h2>",
-        H.table(["threat", "exposure without defence", "defence that helps", "exposure with it", "verdict"],
-                [(t.threat, t.exposure, t.defence, t.with_defence, _verdict_cell(t.verdict)) for t in threats],
-                raw_columns={4}),
-        "<h2>The study's findings beside ours</h2>",
-        H.table(["finding", "study", "fedi2i", "status"],
-                [(c.finding, c.study, c.ours, _status_cell(c.status)) for c in comps], raw_columns={3}),
-        _section_quality(out_dir, cells),
-        _section_membership(out_dir, cells),
-        _section_inversion(out_dir, cells),
-        _section_poison(poison, out_dir),
-    ]
-    if failed:
-        sections.append("<h2>Cells that failed</h2>" + H.table(["cell", "error"], failed))
-    sections.append("<h2>Configuration and versions</h2><pre>"
-                    + H.esc(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)) + "</pre>"
-                    + H.table(["package", "version"], sorted(results["versions"].items())))
+    r = ReportInputs(config, out_dir, len(cells_planned), cells,
+                     datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), errors=errors)
+    r.poison = _guarded(errors, "poisoning summary", lambda: _poison_summary(out_dir, cells), None)
+    r.threats, r.comps = _guarded(errors, "findings", lambda: summarise(cells, (r.poison or {}).get("detection")),
+                                  ([], []))
+    r.unusable = _guarded(errors, "cells without usable numbers", lambda: unusable_numbers(cells), [])
+    html = []
+    for name, build in SECTIONS:
+        html.append(_guarded(errors, f"section {name}", lambda build=build: build(r),
+                             f"<p class='error'>The {H.esc(name)} section could not be written; see the end.</p>"))
+    results = AuditResults(
+        preset=config.name, generated=r.generated, versions=versions(), cells_planned=len(cells_planned),
+        cells_ok=sum(v.get("status") == "ok" for v in cells.values()), summary=r.threats,
+        study_comparison=r.comps, quality=_guarded(errors, "quality table", lambda: quality(cells), {}),
+        guarantees=(r.poison or {}).get("guarantees") or [], unusable=r.unusable,
+        poison_summary=finite_json({k: v for k, v in (r.poison or {}).items() if k != "markdown"}),
+        section_errors=errors, cells=cells)
+    _guarded(errors, "results.csv", lambda: write_text(out_dir / "results.csv", _csv(cells)), None)
+    results.section_errors = dict(errors)
+    _guarded(errors, "results.json", lambda: results.write(out_dir / "results.json"), None)
     path = out_dir / "report.html"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(H.page(f"fedi2i audit ({config.name})", sections))
-    tmp.replace(path)
+    write_text(path, H.page(f"fedi2i audit ({config.name})", html + [_section_errors(r)]))
     return path
 
 
@@ -216,4 +327,4 @@ def summary_markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["Comparison", "Threat", "summary_markdown", "write_report"]
+__all__ = ["SECTIONS", "Comparison", "ReportInputs", "Threat", "summary_markdown", "write_report"]

@@ -1,14 +1,27 @@
-"""Run the audit matrix: resumable, one result file per cell, failures recorded, progress shown."""
+"""Run the audit matrix: resumable, one result file per cell, failures recorded, progress shown.
+
+Cells run one after another (``workers=1``) or spread over worker processes. A cell is handed to a worker
+only once every cell it needs (its training run) has finished; each worker builds the same plan from the
+same config and sets the same torch thread count, and every cell starts from the config's seed, so a
+parallel audit writes the same numbers as a serial one. Workers are started with ``spawn`` (a forked
+copy of a process whose torch thread pool is running can deadlock).
+"""
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
+import random
 import time
 import traceback
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -16,13 +29,35 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from fedi2i.audit.cells import AuditContext, build_cells
 from fedi2i.audit.plan import AuditCell
 from fedi2i.audit.report import write_report
+from fedi2i.audit.schema import CellEntry
 from fedi2i.audit.store import CellStore
 from fedi2i.config import Config, dump_config
 
 log = logging.getLogger(__name__)
+OnCell = Callable[[AuditCell, dict[str, Any]], None]
 
 
-def run_cell(cell: AuditCell, store: CellStore) -> dict[str, Any]:
+def default_workers() -> int:
+    """The cores this process may use (its CPU affinity, which a container or ``taskset`` narrows)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _threads(config: Config, workers: int) -> int:
+    """torch threads per process: the preset's, else the usable cores shared among the workers."""
+    return config.train.threads or max(1, default_workers() // workers)
+
+
+def _seed(seed: int) -> None:
+    """Every cell starts from the same global RNG state, whatever ran before it in this process."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def run_cell(cell: AuditCell, store: CellStore, seed: int = 0) -> dict[str, Any]:
     """Run one cell unless it is already done; a failure is stored with its error, never raised."""
     previous = store.get(cell.key)
     if previous is not None and previous.get("status") == "ok":
@@ -35,23 +70,100 @@ def run_cell(cell: AuditCell, store: CellStore) -> dict[str, Any]:
     else:
         try:
             assert cell.action is not None
+            _seed(seed)
             entry.update(status="ok", result=cell.action())
-        except Exception as exc:  # a failing cell must not stop the audit: record it and go on
+            CellEntry.model_validate(entry)  # a result the audit cannot read is the cell's failure
+        except Exception as exc:  # a failing cell (or a result it cannot read) must not stop the audit
             log.error("audit cell %s failed: %s", cell.key, exc)
+            entry.pop("result", None)
             entry.update(status="error", error=f"{type(exc).__name__}: {exc}",
                          traceback=traceback.format_exc(limit=8))
         entry["seconds"] = time.perf_counter() - start
     store.put(cell.key, entry)
-    return entry
+    return store.get(cell.key) or entry
 
 
-def run_audit(config: Config, out_dir: Path, progress: bool = True,
-              on_cell: Callable[[AuditCell, dict[str, Any]], None] | None = None) -> Path:
-    """Plan, run (skipping finished cells) and report; returns the path of report.html."""
+# --- worker processes ---------------------------------------------------------------------------
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_init(config: Config, out_dir: str, threads: int) -> None:
+    """Once per worker: the preset's thread count and the same plan as the parent (data loaded lazily)."""
+    torch.set_num_threads(threads)
+    _WORKER["cells"] = {c.key: c for c in build_cells(AuditContext(config, Path(out_dir)))}
+    _WORKER["store"] = CellStore(Path(out_dir))
+    _WORKER["seed"] = config.seed
+
+
+def _worker_run(key: str) -> dict[str, Any]:
+    return run_cell(_WORKER["cells"][key], _WORKER["store"], _WORKER["seed"])
+
+
+class _Scheduler:
+    """Hands ready cells to a pool of workers; a cell is ready when every cell it needs has finished."""
+
+    def __init__(self, config: Config, out_dir: Path, store: CellStore, workers: int) -> None:
+        self.config, self.out_dir, self.store, self.workers = config, out_dir, store, workers
+        self.pool: ProcessPoolExecutor | None = None
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_worker_init,
+                                   initargs=(self.config, str(self.out_dir), _threads(self.config, self.workers)))
+
+    def run(self, cells: list[AuditCell], on_start: Callable[[list[str]], None],
+            on_done: Callable[[AuditCell, dict[str, Any]], None]) -> None:
+        planned = {c.key for c in cells}
+        pending = list(cells)
+        finished: set[str] = set()
+        running: dict[Future[dict[str, Any]], AuditCell] = {}
+        self.pool = self._new_pool()
+        try:
+            while pending or running:
+                for cell in list(pending):
+                    if not all(n in finished or n not in planned for n in cell.needs):
+                        continue
+                    if self.store.done(cell.key) or any(not self.store.done(n) for n in cell.needs):
+                        pending.remove(cell)  # reused, or its run failed: no worker needed
+                        finished.add(cell.key)
+                        on_done(cell, run_cell(cell, self.store, self.config.seed))
+                    elif len(running) < self.workers:
+                        pending.remove(cell)
+                        running[self.pool.submit(_worker_run, cell.key)] = cell
+                on_start([c.title for c in running.values()])
+                if not running:
+                    if pending and not any(all(n in finished or n not in planned for n in c.needs) for c in pending):
+                        raise RuntimeError(f"audit cells wait on each other: {[c.key for c in pending]}")
+                    continue
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    cell = running.pop(future)
+                    finished.add(cell.key)
+                    on_done(cell, self._result(cell, future))
+        finally:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def _result(self, cell: AuditCell, future: Future[dict[str, Any]]) -> dict[str, Any]:
+        """The worker's entry; a worker that died takes only its own cell down (the pool is rebuilt)."""
+        try:
+            return future.result()
+        except BrokenProcessPool as exc:
+            assert self.pool is not None
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = self._new_pool()
+            entry = {"key": cell.key, "kind": cell.kind, "title": cell.title, "params": cell.params,
+                     "status": "error", "seconds": 0.0,
+                     "error": f"the worker process running this cell died ({exc}); out of memory?"}
+            self.store.put(cell.key, entry)
+            return entry
+
+
+def run_audit(config: Config, out_dir: Path, progress: bool = True, on_cell: OnCell | None = None,
+              workers: int = 1) -> Path:
+    """Plan, run (skipping finished cells, ``workers`` at a time) and report; returns report.html's path."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if config.train.threads:
-        torch.set_num_threads(config.train.threads)
+    torch.set_num_threads(_threads(config, workers))
     dump_config(config, out_dir / "config.yaml")
     store = CellStore(out_dir)
     context = AuditContext(config, out_dir)
@@ -61,13 +173,20 @@ def run_audit(config: Config, out_dir: Path, progress: bool = True,
                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
     with Progress(*columns, console=console, disable=not progress, transient=False) as bar:
         task = bar.add_task("audit", total=len(cells), current="")
-        for cell in cells:
-            bar.update(task, current=cell.title)
-            entry = run_cell(cell, store)
+
+        def done(cell: AuditCell, entry: dict[str, Any]) -> None:
             if entry["status"] != "ok":
                 console.print(f"[red]cell {cell.key} failed:[/] {entry.get('error')}")
             if on_cell is not None:
                 on_cell(cell, entry)
             bar.advance(task)
+
+        if workers <= 1:
+            for cell in cells:
+                bar.update(task, current=cell.title)
+                done(cell, run_cell(cell, store, config.seed))
+        else:
+            _Scheduler(config, out_dir, store, workers).run(
+                cells, lambda titles: bar.update(task, current=", ".join(titles)), done)
         bar.update(task, current="writing report")
     return write_report(config, out_dir, cells, store)

@@ -2,7 +2,9 @@
 
 A cell is finished when its JSON exists with status "ok"; a failed cell is stored with its error so
 the report can show it, and is retried on the next run. Killing the audit loses at most the cell in
-flight, because nothing else is ever half-written.
+flight, because nothing else is ever half-written. Every file is validated when read (``CellEntry``):
+a corrupt or foreign one stops the audit with an error naming it, rather than being silently recomputed
+or, worse, reported.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from fedi2i.io import write_json
+from fedi2i.audit.schema import CellEntry, load_cell
+from fedi2i.io import write_text
 
 
 def cell_filename(key: str) -> str:
@@ -31,26 +34,18 @@ class CellStore:
 
     def get(self, key: str) -> dict[str, Any] | None:
         path = self.path(key)
-        if not path.exists():
-            return None
-        try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError:
-            return None  # cannot happen with atomic writes, but a hand-edited file must not stop the audit
+        return load_cell(path).to_dict() if path.exists() else None
 
     def done(self, key: str) -> bool:
         entry = self.get(key)
         return entry is not None and entry.get("status") == "ok"
 
     def put(self, key: str, entry: dict[str, Any]) -> None:
-        write_json(self.path(key), entry)
+        write_text(self.path(key), json.dumps(CellEntry.model_validate(entry).to_dict(), indent=2, allow_nan=False))
 
     def all(self) -> dict[str, dict[str, Any]]:
         out = {}
         for path in sorted(self.dir.glob("*.json")):
-            try:
-                entry = json.loads(path.read_text())
-            except json.JSONDecodeError:
-                continue
-            out[entry.get("key", path.stem)] = entry
+            entry = load_cell(path).to_dict()
+            out[entry["key"]] = entry
         return out

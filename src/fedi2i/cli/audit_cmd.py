@@ -17,13 +17,15 @@ def audit_command(
     out: Path = typer.Option(Path("runs/audit"), help="Audit folder; re-running it skips finished cells."),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="Override any config key: --set train.rounds=5"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-w", min=1,
+                                          help="Cells run at once, in worker processes (default: the usable cores)."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Train the baseline and the defended federations, attack them all, and write report.html."""
-    from fedi2i.audit.run import run_audit
+    from fedi2i.audit.run import default_workers, run_audit
 
     setup_logging(verbose)
     check_out_folder(out)
     cfg = load_cli_config(preset, set_, data__root=data)
-    report = run_audit(cfg, out, progress=not quiet)
+    report = run_audit(cfg, out, progress=not quiet, workers=workers or default_workers())
     console.print(f"report: {report.resolve()}", markup=False)

@@ -3,6 +3,8 @@ detector ROC per level, and honest-centre validation curves."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from fedi2i.attacks.poisoning.summary import attack_levels  # noqa: E402
+
+def _nan(values: Sequence[float | None]) -> list[float]:
+    """Non-finite numbers are stored as None; matplotlib leaves a gap for NaN."""
+    return [math.nan if v is None else v for v in values]
 
 
 def save(fig: plt.Figure, path: Path) -> Path:
@@ -80,7 +85,7 @@ def detector_scores(results: list[dict[str, Any]], attack: str, levels: list[str
             if cell is not None:
                 for cid, series in sorted(cell["detector"]["running"].items()):
                     bad = cid in cell["malicious"]
-                    ax.plot(range(1, len(series) + 1), series, marker="o", ms=3, color="C3" if bad else "C0",
+                    ax.plot(range(1, len(series) + 1), _nan(series), marker="o", ms=3, color="C3" if bad else "C0",
                             alpha=1.0 if bad else 0.6, label=f"{cid}{' (malicious)' if bad else ''}")
                 ax.legend(fontsize=6)
             ax.axhline(threshold, color="k", ls="--", lw=0.8)
@@ -108,7 +113,7 @@ def detector_roc(detection: dict[str, Any], attack: str, path: Path) -> Path:
                 continue
             style = dict(color=f"C{k}", ls=styles[i % len(styles)])
             a1.plot(d["fpr"], d["tpr"], label=f"{level}, {split} mal. (AUC {d['auc']:.2f})", **style)
-            a2.plot(range(1, len(d["auc_per_round"]) + 1), d["auc_per_round"], marker="o", ms=3,
+            a2.plot(range(1, len(d["auc_per_round"]) + 1), _nan(d["auc_per_round"]), marker="o", ms=3,
                     label=f"{level}, {split} mal.", **style)
     a1.plot([0, 1], [0, 1], "k:", lw=0.8)
     a1.set_xlabel("false-alarm rate (honest centres)")
@@ -148,7 +153,8 @@ def validation_curves(results: list[dict[str, Any]], attack: str, levels: list[s
         ax.set_xlabel("round")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:  # a collapsed run has no curve to name
+            ax.legend(fontsize=7)
     axes[0, 0].set_ylabel("honest validation MAE (HU)")
     fig.suptitle(f"{attack}: per-round validation")
     fig.tight_layout()
@@ -156,14 +162,14 @@ def validation_curves(results: list[dict[str, Any]], attack: str, levels: list[s
 
 
 def write_all(results: list[dict[str, Any]], rows: list[dict[str, Any]], detection: dict[str, Any],
-              fig_dir: Path) -> list[Path]:
-    """Every figure of the matrix, per attack."""
+              levels_by_attack: dict[str, list[str]], fig_dir: Path) -> list[Path]:
+    """Every figure of the matrix, per attack (levels in sweep order, from the summary's tables)."""
     done = [r for r in results if r["status"] == "done"]
     if not done:
         return []
     threshold = next((r["detector"]["threshold"] for r in done if r.get("detector")), 3.0)
     paths = []
-    for attack, levels in attack_levels(results).items():
+    for attack, levels in levels_by_attack.items():
         paths.append(quality_vs_level(rows, attack, levels, fig_dir / f"quality_vs_level_{attack}.png"))
         paths.append(detector_scores(done, attack, levels, threshold, fig_dir / f"detector_scores_{attack}.png"))
         paths.append(detector_roc(detection, attack, fig_dir / f"detector_roc_{attack}.png"))

@@ -100,6 +100,12 @@ def training_sizes(config: Config, data: FederatedData | None) -> dict[str, int]
     return {c: len(data.train[c]) for c in config.data.train_centres}
 
 
+def clients_per_round(config: Config) -> int:
+    """Training centres that send an update each round (all of them unless the config samples fewer)."""
+    n_train = len(config.data.train_centres)
+    return min(config.federation.clients_per_round or n_train, n_train)
+
+
 def plan_poison(config: Config, settings: PoisonSettings | None = None,
                 data: FederatedData | None = None) -> list[PoisonCell]:
     """Every cell of the matrix in run order: per rule, its baseline, then attack x level x n_malicious.
@@ -108,8 +114,7 @@ def plan_poison(config: Config, settings: PoisonSettings | None = None,
     ``malicious: largest|smallest``. Cells a rule cannot run carry a ``skip_reason`` instead of failing.
     """
     settings = settings or load_poison_settings(config)
-    n_train = len(config.data.train_centres)
-    per_round = min(config.federation.clients_per_round or n_train, n_train)
+    per_round = clients_per_round(config)
     if isinstance(settings.malicious, str):
         sizes = training_sizes(config, data)
     else:
@@ -180,6 +185,7 @@ def run_poison_cell(config: Config, data: FederatedData, cell: PoisonCell, out_d
     settings = settings or load_poison_settings(config)
     out_dir = Path(out_dir)
     result: dict[str, Any] = {**cell.as_dict(), "status": "skipped" if cell.skip_reason else "done",
+                              "n_clients": clients_per_round(config),
                               "fingerprint": cell_fingerprint(config, settings, cell)}
     if cell.skip_reason is None:
         result.update(_train_cell(config, data, cell, out_dir, settings, on_round))

@@ -12,17 +12,18 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from fedi2i.io import write_json
 
 MIN_GAP = 0.5  # in units of the running score (robust z): half a robust standard deviation
-QUALITY_COLUMNS = ("key", "rule", "attack", "level", "n_malicious", "malicious", "tolerates", "status",
+QUALITY_COLUMNS = ("key", "rule", "attack", "level", "n_malicious", "malicious", "tolerates", "n_clients",
+                   "majority", "status",
                    "unseen_mae", "unseen_psnr", "unseen_ssim", "honest_mae", "honest_psnr", "honest_ssim",
                    "baseline_unseen_mae", "delta_unseen_mae", "collapsed", "diverged", "flagged", "seconds",
                    "skip_reason")
@@ -43,6 +44,35 @@ def attack_levels(results: list[dict[str, Any]]) -> dict[str, list[str]]:
     return out
 
 
+def majority_attack(n_malicious: int, n_clients: int | None) -> bool:
+    """Half or more of a round's clients are malicious: no robust rule's guarantee holds (the median needs
+    f < n/2, trimmed mean f <= beta*n < n/2, Krum n >= 2f+3), and a detector that scores each centre
+    against the others sees the attackers as the norm."""
+    return bool(n_clients) and 2 * n_malicious >= n_clients  # type: ignore[operator]
+
+
+def n_clients_of(result: dict[str, Any]) -> int | None:
+    """Clients per round of a cell: stored by the matrix, else read from the detector's series (results
+    written before the count was stored); None when the cell never trained."""
+    return result.get("n_clients") or len((result.get("detector") or {}).get("running") or {}) or None
+
+
+def guarantee_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per rule and number of malicious centres: is it a majority attack, and does the rule's proven
+    tolerance cover it? A "void" configuration is reported but feeds no verdict that relies on the rule."""
+    seen: dict[tuple[str, int], dict[str, Any]] = {}
+    for r in results:
+        if r["attack"] == "none" or (r["rule"], r["n_malicious"]) in seen:
+            continue
+        n, m, tol = n_clients_of(r), r["n_malicious"], r.get("tolerates", 0)
+        majority = majority_attack(m, n)
+        why = ("majority attack: half or more of the clients are malicious" if majority else
+               f"{m} malicious exceed the {tol} the rule tolerates with {n} clients" if m > tol else "")
+        seen[(r["rule"], m)] = {"rule": r["rule"], "n_malicious": m, "n_clients": n, "tolerates": tol,
+                                "majority": majority, "guarantee": "void" if why else "holds", "why": why}
+    return sorted(seen.values(), key=lambda g: (g["rule"], g["n_malicious"]))
+
+
 def quality_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per cell with unseen/honest metrics and the change against the same rule's baseline."""
     base = {r["rule"]: (r.get("unseen_mean") or {}).get("mae") for r in results
@@ -55,7 +85,9 @@ def quality_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         rows.append({
             "key": r["key"], "rule": r["rule"], "attack": r["attack"], "level": r["level"],
             "n_malicious": r["n_malicious"], "malicious": " ".join(r.get("malicious", [])),
-            "tolerates": r.get("tolerates"), "status": r["status"],
+            "tolerates": r.get("tolerates"), "n_clients": n_clients_of(r),
+            "majority": r["attack"] != "none" and majority_attack(r["n_malicious"], n_clients_of(r)),
+            "status": r["status"],
             "unseen_mae": mae, "unseen_psnr": um.get("psnr"), "unseen_ssim": um.get("ssim"),
             "honest_mae": hm.get("mae"), "honest_psnr": hm.get("psnr"), "honest_ssim": hm.get("ssim"),
             "baseline_unseen_mae": b, "delta_unseen_mae": None if mae is None or b is None else mae - b,
@@ -96,10 +128,14 @@ def mae_markdown(rows: list[dict[str, Any]]) -> str:
                     return f"collapsed (round {row['collapsed_round']})"
                 return _fmt(row["unseen_mae"]) + (" (diverged)" if row["diverged"] else "")
 
-            out.append(f"| {rule} | {n} | {show(base.get(rule))} | "
+            majority = any(r["majority"] for r in cells.values())
+            out.append(f"| {rule} | {n}{' (majority attack)' if majority else ''} | {show(base.get(rule))} | "
                        + " | ".join(show(cells.get(lv)) for lv in levels) + " |")
         out.append("")
     skipped = _ordered(f"- {r['rule']}: {r['skip_reason']}" for r in rows if r["status"] == "skipped")
+    if any(r["majority"] for r in rows):
+        out.append("majority attack: half or more of the clients are malicious, so no robust rule's guarantee "
+                   "holds; these rows feed no verdict about a rule's robustness.\n")
     if any(r["collapsed"] for r in rows):
         out.append("collapsed: every update of a round was NaN/Inf once the poisoned global model diverged, so "
                    "the federation stopped (inoperative).\n")
@@ -108,8 +144,17 @@ def mae_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def _score(value: Any) -> float:
+    """A detector score as a float; None (a non-finite score stored as JSON null) becomes NaN."""
+    return math.nan if value is None else float(value)
+
+
 def _samples(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """(cell, centre) pairs with the detector's running scores and whether the centre was malicious."""
+    """(cell, centre) pairs with the detector's running scores and whether the centre was malicious.
+
+    A centre that sent NaN/Inf updates (a collapsed run) has non-finite scores, stored as None: they are
+    kept here as NaN and left out by ``_roc`` round by round, never passed to the ROC.
+    """
     out = []
     for r in results:
         det = r.get("detector")
@@ -117,26 +162,43 @@ def _samples(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         for cid, series in det["running"].items():
             out.append({"attack": r["attack"], "level": r["level"], "n_malicious": r["n_malicious"],
-                        "rule": r["rule"], "centre": cid, "malicious": cid in r["malicious"],
-                        "series": series, "flagged": cid in det["flagged"]})
+                        "majority": majority_attack(r["n_malicious"], n_clients_of(r)), "rule": r["rule"],
+                        "centre": cid, "malicious": cid in r["malicious"], "series": [_score(v) for v in series],
+                        "flagged": cid in det["flagged"]})
     return out
+
+
+def _at(sample: dict[str, Any], t: int) -> float:
+    series = sample["series"]
+    return series[min(t, len(series) - 1)] if series else math.nan
+
+
+def _auc(pos: list[float], neg: list[float]) -> float | None:
+    """ROC AUC over the finite scores only; None when either side has none left."""
+    pos = [v for v in pos if math.isfinite(v)]
+    neg = [v for v in neg if math.isfinite(v)]
+    if not pos or not neg:
+        return None
+    return float(roc_auc_score([1] * len(pos) + [0] * len(neg), pos + neg))
 
 
 def _roc(pos: list[dict[str, Any]], neg: list[dict[str, Any]], rounds: int) -> dict[str, Any]:
     """AUC of the running score after every round, the ROC curve after the last one, and the margin
-    (lowest malicious minus highest honest final score; > 0 means perfectly separable)."""
-    if not pos or not neg:
-        return {"auc": None, "auc_per_round": [], "fpr": [], "tpr": [], "margin": None}
-    labels = np.array([1] * len(pos) + [0] * len(neg))
-    per_round = []
-    for t in range(rounds):
-        scores = np.array([s["series"][min(t, len(s["series"]) - 1)] for s in pos + neg])
-        per_round.append(float(roc_auc_score(labels, scores)))
-    final = np.array([s["series"][-1] for s in pos + neg])
-    fpr, tpr, _ = roc_curve(labels, final)
-    margin = float(final[: len(pos)].min() - final[len(pos):].max())
-    return {"auc": per_round[-1], "auc_per_round": per_round, "fpr": fpr.tolist(), "tpr": tpr.tolist(),
-            "margin": margin}
+    (lowest malicious minus highest honest final score; > 0 means perfectly separable).
+
+    Centres whose score is non-finite (NaN updates) are left out of each statistic and counted in
+    ``n_non_finite``; a statistic with no finite score on one side is None ("not measured").
+    """
+    per_round = [_auc([_at(s, t) for s in pos], [_at(s, t) for s in neg]) for t in range(rounds)]
+    final_pos = [v for v in (_at(s, rounds - 1) for s in pos) if math.isfinite(v)]
+    final_neg = [v for v in (_at(s, rounds - 1) for s in neg) if math.isfinite(v)]
+    n_bad = len(pos) + len(neg) - len(final_pos) - len(final_neg)
+    if not final_pos or not final_neg:
+        return {"auc": None, "auc_per_round": per_round, "fpr": [], "tpr": [], "margin": None,
+                "n_non_finite": n_bad}
+    fpr, tpr, _ = roc_curve([1] * len(final_pos) + [0] * len(final_neg), final_pos + final_neg)
+    return {"auc": per_round[-1] if per_round else None, "auc_per_round": per_round, "fpr": fpr.tolist(),
+            "tpr": tpr.tolist(), "margin": float(min(final_pos) - max(final_neg)), "n_non_finite": n_bad}
 
 
 def detection_table(results: list[dict[str, Any]], min_gap: float = MIN_GAP) -> dict[str, Any]:
@@ -164,6 +226,7 @@ def detection_table(results: list[dict[str, Any]], min_gap: float = MIN_GAP) -> 
                 pos = [s for s in part if s["malicious"]]
                 honest = [s for s in part if not s["malicious"]]
                 row[str(split)] = {"detection_rate": _rate(pos), "false_alarm_rate": _rate(honest),
+                                   "majority": split != "all" and any(s["majority"] for s in part),
                                    "n_malicious_samples": len(pos), "n_honest_samples": len(honest),
                                    **_roc(pos, honest + baseline, rounds)}
             entry["by_level"][level] = row
@@ -192,8 +255,9 @@ def detection_markdown(table: dict[str, Any]) -> str:
         lines.append("|---|---|---|---|---|---|---|")
         for level in entry["levels"]:
             for split, d in entry["by_level"][level].items():
-                per_round = " ".join(f"{a:.2f}" for a in d["auc_per_round"])
-                lines.append(f"| {level} | {split} | {_fmt(d['detection_rate'], 2)} | {_fmt(d['false_alarm_rate'], 2)} "
+                per_round = " ".join(_fmt(a, 2) for a in d["auc_per_round"])
+                who = f"{split} (majority attack)" if d.get("majority") else split
+                lines.append(f"| {level} | {who} | {_fmt(d['detection_rate'], 2)} | {_fmt(d['false_alarm_rate'], 2)} "
                              f"| {_fmt(d['margin'], 2)} | {_fmt(d['auc'], 2)} | {per_round} |")
         lines.append(f"\nmargin: lowest malicious minus highest honest final score (baselines included); a level "
                      f"counts as separated when it is at least {table['min_gap']} (a threshold then flags every "
@@ -207,18 +271,31 @@ def detection_markdown(table: dict[str, Any]) -> str:
 
 
 def _detection_digest(entry: dict[str, Any]) -> dict[str, Any]:
-    """Per attack: pooled AUC per level, and where separation stops with one malicious centre (the honest
-    majority the detector is built for; pooled runs when there is no such split), plus every split."""
+    """Per attack: pooled AUC per level, and where separation stops with the fewest malicious centres (the
+    honest majority the detector is built for; pooled runs only when no split is a majority attack), plus
+    every split and which splits are majority attacks (they feed no stealth verdict)."""
     levels = entry["levels"]
     stops = entry["stops_separating_at"]
+    majority = sorted({k for lv in levels for k, d in entry["by_level"][lv].items() if d.get("majority")}, key=int)
+    minority = sorted((k for k in stops if k != "all" and k not in majority), key=int)
+    headline = stops.get(minority[0]) if minority else None if majority else stops.get("all")
     return {"auc": {lv: entry["by_level"][lv]["all"]["auc"] for lv in levels},
-            "stops_separating_at": stops.get("1", stops.get("all")),
+            "stops_separating_at": headline,
             "stops_separating_at_by_malicious": stops,
+            "majority_splits": majority,
             "auc_by_malicious": {lv: {k: d["auc"] for k, d in entry["by_level"][lv].items()} for lv in levels},
             "margin": {lv: {k: d["margin"] for k, d in entry["by_level"][lv].items()} for lv in levels},
             "detection_rate": {lv: {k: d["detection_rate"] for k, d in entry["by_level"][lv].items()} for lv in levels},
             "false_alarm_rate": {lv: {k: d["false_alarm_rate"] for k, d in entry["by_level"][lv].items()}
                                  for lv in levels}}
+
+
+def guarantee_markdown(guarantees: list[dict[str, Any]]) -> str:
+    """Which rule x malicious-count configurations void the rule's guarantee, and why."""
+    lines = ["| rule | malicious | clients | tolerates | guarantee |", "|---|---|---|---|---|"]
+    lines += [f"| {g['rule']} | {g['n_malicious']} | {_fmt(g['n_clients'])} | {g['tolerates']} | "
+              f"{g['guarantee']}{': ' + g['why'] if g['why'] else ''} |" for g in guarantees]
+    return "\n".join(lines) + "\n"
 
 
 def write_text(path: Path, text: str) -> None:
@@ -254,16 +331,17 @@ def summarise_poison(results: list[dict[str, Any]], out_dir: Path) -> dict[str, 
     write_csv(out_dir / "detection.csv", det_rows, ("attack", "level", "malicious", "detection_rate",
                                                      "false_alarm_rate", "margin", "auc", "n_malicious_samples",
                                                      "n_honest_samples"))
+    guarantees = guarantee_rows(results)
     markdown = "## Poisoning: synthesis quality\n\n" + mae_markdown(rows) + "\n## Poisoning: detection\n\n" \
-        + detection_markdown(detection)
+        + detection_markdown(detection) + "\n## Poisoning: rule guarantees\n\n" + guarantee_markdown(guarantees)
     write_text(out_dir / "poisoning.md", markdown)
-    figs = figures.write_all(results, rows, detection, out_dir / "figures")
+    figs = figures.write_all(results, rows, detection, attack_levels(results), out_dir / "figures")
     summary = {"cells": len(results), "done": sum(r["status"] == "done" for r in results),
                "skipped": sum(r["status"] == "skipped" for r in results),
                "files": ["quality.json", "quality.csv", "detection.json", "detection.csv", "poisoning.md"],
                "figures": [str(p.relative_to(out_dir)) for p in figs], "markdown": markdown,
                "detection": {a: _detection_digest(e)
                              for a, e in detection["attacks"].items()},
-               "baseline_false_alarm_rate": detection["baseline_false_alarm_rate"]}
+               "baseline_false_alarm_rate": detection["baseline_false_alarm_rate"], "guarantees": guarantees}
     write_json(out_dir / "summary.json", {k: v for k, v in summary.items() if k != "markdown"})
     return summary
