@@ -34,7 +34,9 @@ from fedi2i.fl.flower.nodedata import load_centre  # noqa: E402
 from fedi2i.fl.flower.rounds import ServerRounds  # noqa: E402
 from fedi2i.fl.flower.state import dump_client, load_client  # noqa: E402
 from fedi2i.fl.observer import ServerRecord  # noqa: E402
-from fedi2i.fl.secagg import SecAggClient, SecAggConfig, SecAggServer, secure_sum  # noqa: E402
+from fedi2i.fl.secagg import (SecAggClient, SecAggConfig, SecAggServer, directory_of,  # noqa: E402
+                               generate_identities, secure_sum)
+from fedi2i.fl.secagg.identity import KEYS_FILE, write_identities  # noqa: E402
 from fedi2i.training import RunOptions, train  # noqa: E402
 
 CENTRES = ["A", "B", "C"]
@@ -45,7 +47,9 @@ def _cfg(tiny_config: Config, **sections) -> Config:
             "federation": {"eval_every": 0}}
     for key, value in sections.items():
         base.setdefault(key, {}).update(value)
-    return tiny_config.model_copy(update={k: getattr(tiny_config, k).model_copy(update=v) for k, v in base.items()})
+    update = {k: getattr(tiny_config, k).model_copy(update=v) for k, v in base.items()}
+    # the runtimes are compared bit for bit: the DP noise and rounding dither come from the seed here
+    return tiny_config.model_copy(update={**update, "reproducible_secrets": True})
 
 
 def _three(data):
@@ -54,9 +58,19 @@ def _three(data):
                                val={c: data.val[c] for c in CENTRES if c in data.val})
 
 
-def _transport(cfg: Config, root: Path, **kwargs) -> InProcessTransport:
+def _keys(folder: Path) -> Path:
+    """Each centre's identity key and the federation's key list, as `fedi2i flower keys` writes them."""
+    if not (folder / KEYS_FILE).exists():
+        write_identities(folder, CENTRES)
+    return folder
+
+
+def _transport(cfg: Config, root: Path, keys: Path | None = None, **kwargs) -> InProcessTransport:
     # node ids in another order than the centres: the server must map them by what the nodes say
     nodes = {300 - i: {P.NODE_CENTRE: c, P.NODE_DATA: str(root)} for i, c in enumerate(CENTRES)}
+    if keys is not None:
+        for i, c in enumerate(CENTRES):
+            nodes[300 - i].update({P.NODE_IDENTITY: str(keys / f"{c}.key"), P.NODE_FEDERATION_KEYS: str(keys / KEYS_FILE)})
     return InProcessTransport(nodes, {P.RUN_CONFIG_YAML: yaml.safe_dump(cfg.model_dump(mode="json"))}, **kwargs)
 
 
@@ -94,13 +108,15 @@ def _drive(vectors: dict[str, np.ndarray], cfg: SecAggConfig, seed: int, reload:
     and every message goes through Flower records and protobuf."""
     ids = sorted(vectors)
     server = SecAggServer(cfg, ids, seed, vector_length=len(next(iter(vectors.values()))))
-    states = {c: SecAggClient(cfg, c, None, rounding_seed=seed) for c in ids}
+    identities = generate_identities(ids)
+    states = {c: SecAggClient(cfg, c, None, identity=identities[c], directory=directory_of(identities),
+                              rounding_seed=seed) for c in ids}
 
     def via_records(message):
         return record_secagg(wire(RecordDict(secagg_records(message, "m"))), "m") if reload else message
 
     def call(cid, method, request, *args):
-        client = load_client(dump_client(states[cid])) if reload else states[cid]
+        client = load_client(dump_client(states[cid]), identities[cid]) if reload else states[cid]
         reply = getattr(client, method)(via_records(request), *args)
         states[cid] = client
         return via_records(reply)
@@ -109,6 +125,7 @@ def _drive(vectors: dict[str, np.ndarray], cfg: SecAggConfig, seed: int, reload:
     requests = server.collect_advertise([call(c, "advertise_keys", setup) for c in ids])
     requests = server.collect_shares([call(c, "share_keys", r) for c, r in requests.items()])
     requests = server.collect_masked_inputs([call(c, "masked_input", r, vectors[c]) for c, r in requests.items()])
+    requests = server.collect_consistency([call(c, "consistency", r) for c, r in requests.items()])
     return server.collect_unmask([call(c, "unmask", r) for c, r in requests.items()]), states
 
 
@@ -125,13 +142,14 @@ def test_secagg_client_survives_serialisation_between_stages() -> None:
     for cid, upload in result.masked_uploads.items():
         assert np.corrcoef(upload.astype(np.float64), vectors[cid])[0, 1] < 0.1
     # every attribute came back, with the revealed-share bookkeeping that forbids a second unmask
-    restored = load_client(dump_client(states["h1"]))
+    restored = load_client(dump_client(states["h1"]), states["h1"].identity)
     assert set(vars(restored)) == set(vars(states["h1"]))
+    assert b"PRIVATE" not in dump_client(states["h1"])  # the long-term identity key is not copied into the state
     assert restored.revealed_b == states["h1"].revealed_b and restored.stage == "done"
 
 
 def test_state_refuses_unknown_attribute_types() -> None:
-    client = SecAggClient(SecAggConfig(enabled=True), "h1", None, rounding_seed=0)
+    client = SecAggClient(SecAggConfig(enabled=True), "h1", None)
     client.extra = object()  # type: ignore[attr-defined]
     with pytest.raises(TypeError, match="cannot serialise"):
         dump_client(client)
@@ -191,14 +209,14 @@ def test_rounds_match_the_engine_secagg_with_dropout(tiny_config: Config, tiny_d
                                                      tmp_path: Path) -> None:
     cfg = _cfg(tiny_config, secagg={"enabled": True, "threshold": 0.5})
     engine = train(cfg, tmp_path / "engine", _three(tiny_data), RunOptions(dropouts=lambda r: {"masked_input": ["B"]}))
-    transport = _transport(cfg, phantom_root, drop={P.SECAGG_MASK: {299}})  # node 299 serves B
+    transport = _transport(cfg, phantom_root, _keys(tmp_path / "keys"), drop={P.SECAGG_MASK: {299}})  # 299 serves B
     run = ServerRounds(cfg, tmp_path / "flower", transport, poll=0.0).run()
     assert run.history[0]["survivors"] == engine.run.history[0]["survivors"] == ["A", "C"]
     assert torch.equal(run.global_vector, engine.run.global_vector)  # same masks removed, same dither
     view = ServerRecord(tmp_path / "flower").round(0)
     assert view.secure and view.updates == {} and sorted(view.num_examples) == ["A", "C"]
     stages = [k for k, _ in transport.calls]
-    assert [stages.count(s) for s in P.SECAGG_STAGES] == [3, 3, 3, 2]
+    assert [stages.count(s) for s in P.SECAGG_STAGES] == [3, 3, 3, 2, 2]
     assert P.FIT not in stages  # no plain update ever left a node
 
 

@@ -10,6 +10,7 @@ import torch
 from fedi2i.config import Config
 from fedi2i.errors import RecordError
 from fedi2i.fl.observer import ServerRecord
+from fedi2i.fl.secagg.weighting import mean_error_bound
 from fedi2i.training import RunOptions, train
 
 
@@ -17,16 +18,22 @@ def _with(cfg: Config, **sections) -> Config:
     return cfg.model_copy(update={k: getattr(cfg, k).model_copy(update=v) for k, v in sections.items()})
 
 
+def cfg_global(result) -> torch.Tensor:
+    """The global model the run started from (round 0's record)."""
+    return ServerRecord(result.run_dir).round(0).global_vector
+
+
 def test_secagg_matches_fedavg_and_hides_updates(tiny_config: Config, tiny_data, tmp_path: Path) -> None:
     cfg = _with(tiny_config, train={"rounds": 1})
     plain = train(cfg, tmp_path / "plain", tiny_data)
     secure_cfg = _with(cfg, secagg={"enabled": True})
     secure = train(secure_cfg, tmp_path / "secure", tiny_data)
-    n = len(tiny_data.train)
-    # the engine passes updates scaled by n_k/N (< 1), so each coordinate's error is below n steps
-    bound = secure_cfg.secagg.error_bound(n)
+    # each client weights itself (r_k = n_k / max_weight); the error of the mean is the documented bound
+    exact = plain.run.global_vector - cfg_global(plain)
+    counts = {c: len(s) for c, s in tiny_data.train.items()}
+    bound = mean_error_bound(secure_cfg.secagg, counts, float(exact.abs().max()))
     diff = (plain.run.global_vector - secure.run.global_vector).abs().max().item()
-    assert diff <= bound + 1e-6, (diff, bound)
+    assert 0 < diff <= bound + 1e-7, (diff, bound)
     view = ServerRecord(tmp_path / "secure").round(0)
     assert view.secure and view.updates == {}
     assert torch.allclose(view.global_vector + view.aggregate, secure.run.global_vector, atol=1e-6)

@@ -16,20 +16,21 @@ KEY = bytes(range(32))
 
 
 # ----------------------------------------------------------------------------- config
-def test_quant_bits_is_largest_without_overflow():
+def test_quant_bits_is_largest_without_overflow_with_a_bit_of_headroom():
     cfg = SecAggConfig()
-    assert cfg.quant_bits_for(1) == 32
-    assert cfg.quant_bits_for(16) == 28
-    assert cfg.quant_bits_for(17) == 27
+    assert cfg.quant_bits_for(1) == 31
+    assert cfg.quant_bits_for(16) == 27
+    assert cfg.quant_bits_for(17) == 26
     for n in (1, 2, 3, 7, 16, 17, 100, 1000):
         k = cfg.quant_bits_for(n)
-        assert n * ((1 << k) - 1) < 1 << 32
-        assert n * ((1 << (k + 1)) - 1) >= 1 << 32 or k == 32
+        assert n * ((1 << k) - 1) < 1 << 31  # a wrapped upload (+2^31) leaves the range of the sum
+        assert n * ((1 << (k + 1)) - 1) >= 1 << 31
+        assert cfg.sum_bound(n, n) == n * ((1 << k) - 1)
 
 
 def test_explicit_quant_bits_that_overflow_are_rejected():
-    cfg = SecAggConfig(quant_bits=28)
-    assert cfg.quant_bits_for(16) == 28
+    cfg = SecAggConfig(quant_bits=27)
+    assert cfg.quant_bits_for(16) == 27
     with pytest.raises(ConfigError, match="overflows"):
         cfg.quant_bits_for(17)
     with pytest.raises(pydantic.ValidationError):
@@ -38,6 +39,10 @@ def test_explicit_quant_bits_that_overflow_are_rejected():
         SecAggConfig(unknown_key=1)
     with pytest.raises(pydantic.ValidationError):
         SecAggConfig(modulus_bits=40)
+    with pytest.raises(pydantic.ValidationError, match="greater than or equal to 0.5"):
+        SecAggConfig(threshold=0.3)  # below a strict majority: the dropped-client lie would work
+    with pytest.raises(pydantic.ValidationError, match="identity_keys.A"):
+        SecAggConfig(identity_keys={"A": "00ff"})
     with pytest.raises(ConfigError):
         SecAggConfig(modulus_bits=4).max_quant_bits(16)
 
@@ -128,6 +133,12 @@ def test_shamir_detects_a_corrupted_share_and_roundtrips_encoding():
     bad[1] = (bad[1][0], (bad[1][1] + 1) % shamir.PRIME)
     with pytest.raises(ValueError, match="inconsistent"):
         shamir.combine(bad, 3, 32)
+    # every share beyond t is checked, not only the first extra one
+    five = shamir.split(secret, 3, [1, 2, 3, 4, 5])
+    late = five[:4] + [(5, (five[4][1] + 1) % shamir.PRIME)]
+    with pytest.raises(ValueError, match="1 of 5"):
+        shamir.combine(late, 3, 32)
+    assert shamir.combine(late, 3, 32, check_all=False) == secret  # unchecked: the bad share is not used
 
 
 # ----------------------------------------------------------------------------- crypto
@@ -184,12 +195,14 @@ def test_messages_roundtrip_through_dicts():
     arr = np.arange(5, dtype=np.uint32)
     msgs = [
         messages.SetupRequest(b"r" * 16, ("a", "b"), bytes(32), 1, 2, 1.0, 32, 28, 5),
-        messages.AdvertiseKeys("a", b"x" * 32, b"y" * 32),
-        messages.ShareKeysRequest({"a": b"1"}, {"a": b"2"}),
+        messages.AdvertiseKeys("a", b"x" * 32, b"y" * 32, b"z" * 32, b"s" * 64),
+        messages.ShareKeysRequest({"a": b"1"}, {"a": b"2"}, {"a": b"3"}, {"a": b"4"}),
         messages.ShareKeysReply("a", {"b": b"ct"}),
         messages.MaskedInputRequest({"b": b"ct"}),
         messages.MaskedInput("a", arr),
-        messages.UnmaskRequest(("a",), ("b",)),
+        messages.ConsistencyRequest(("a", "b")),
+        messages.ConsistencySignature("a", b"s" * 64),
+        messages.UnmaskRequest(("a",), ("b",), {"a": b"s" * 64}),
         messages.UnmaskReply("a", {"a": b"s"}, {"b": b"t"}),
     ]
     for m in msgs:

@@ -9,11 +9,15 @@ import pytest
 
 from fedi2i.errors import ConfigError, SecAggAbort, UpdateRejected
 from fedi2i.fl.secagg import (
+    InconsistentView,
+    Protections,
     ProtocolViolation,
     SecAggClient,
     SecAggConfig,
     SecAggServer,
     ShareAuthenticationError,
+    directory_of,
+    generate_identities,
     secure_sum,
 )
 from fedi2i.fl.secagg.messages import MaskedInputRequest, UnmaskRequest
@@ -38,10 +42,13 @@ def assert_close_sum(result, vectors, cfg, n):
 class Round:
     """Drives one round by hand so tests can intercept messages."""
 
-    def __init__(self, vectors, cfg, seed=0):
+    def __init__(self, vectors, cfg, seed=0, protections=Protections()):
         self.ids = sorted(vectors)
-        self.server = SecAggServer(cfg, self.ids, seed, vector_length=L)
-        self.clients = {c: SecAggClient(cfg, c, vectors[c], rounding_seed=seed) for c in self.ids}
+        self.server = SecAggServer(cfg, self.ids, seed, vector_length=L, protections=protections)
+        self.identities = generate_identities(self.ids)
+        directory = directory_of(self.identities)
+        self.clients = {c: SecAggClient(cfg, c, vectors[c], identity=self.identities[c], directory=directory,
+                                        rounding_seed=seed, protections=protections) for c in self.ids}
 
     def to_share(self):
         setup = self.server.setup_request()
@@ -52,9 +59,13 @@ class Round:
         req = self.to_share()
         return self.server.collect_shares([self.clients[c].share_keys(r) for c, r in req.items()])
 
-    def to_unmask(self):
+    def to_check(self):
         req = self.to_masked()
         return self.server.collect_masked_inputs([self.clients[c].masked_input(r) for c, r in req.items()])
+
+    def to_unmask(self):
+        req = self.to_check()
+        return self.server.collect_consistency([self.clients[c].consistency(r) for c, r in req.items()])
 
 
 # ----------------------------------------------------------------------------- correctness
@@ -66,7 +77,7 @@ def test_sum_within_documented_bound_and_shape_kept():
     assert res.survivors == sorted(vectors)
     err = np.abs(res.total - plain_sum(vectors, res.survivors)).max()
     assert err <= cfg.error_bound(6)
-    assert res.error_bound == cfg.error_bound(6) and res.quant_bits == 29
+    assert res.error_bound == cfg.error_bound(6) and res.quant_bits == 28
     assert set(res.masked_uploads) == set(vectors)
     assert all(m.dtype == np.uint32 and m.shape == (L,) for m in res.masked_uploads.values())
 
@@ -101,7 +112,7 @@ def test_same_seed_same_result_fresh_masks():
 
 
 # ----------------------------------------------------------------------------- dropouts
-@pytest.mark.parametrize("stage", ["advertise", "share", "masked_input", "unmask"])
+@pytest.mark.parametrize("stage", ["advertise", "share", "masked_input", "consistency", "unmask"])
 def test_dropouts_at_each_stage_up_to_n_minus_t(stage):
     n = 8
     cfg = SecAggConfig()
@@ -110,25 +121,25 @@ def test_dropouts_at_each_stage_up_to_n_minus_t(stage):
     vectors = make_vectors(n, seed=4)
     drop = ["c01", "c04", "c06"][: n - t]
     res = secure_sum(vectors, cfg, seed=2, dropouts={stage: drop})
-    in_sum = set(vectors) if stage == "unmask" else set(vectors) - set(drop)
+    in_sum = set(vectors) if stage in ("consistency", "unmask") else set(vectors) - set(drop)
     assert set(res.survivors) == in_sum
     assert_close_sum(res, vectors, cfg, n)
     assert res.dropped[stage] == sorted(drop)
 
 
 def test_dropouts_spread_over_all_stages():
-    n = 8
-    cfg = SecAggConfig(threshold=0.3)  # t = 3, so 5 may drop
+    n = 12
+    cfg = SecAggConfig()  # t = 7, so 5 may drop
     vectors = make_vectors(n, seed=5)
     drops = {"advertise": ["c00"], "share": ["c03"], "masked_input": ["c05", "c07"], "unmask": ["c02"]}
     res = secure_sum(vectors, cfg, seed=3, dropouts=drops)
-    assert res.survivors == ["c01", "c02", "c04", "c06"]
+    assert res.survivors == ["c01", "c02", "c04", "c06", "c08", "c09", "c10", "c11"]
     assert_close_sum(res, vectors, cfg, n)
     # the dropped masked_input clients' keys were rebuilt; the unmask dropper's input is in the sum
     assert "c02" in res.survivors and "c05" not in res.masked_uploads
 
 
-@pytest.mark.parametrize("stage", ["advertise", "share", "masked_input", "unmask"])
+@pytest.mark.parametrize("stage", ["advertise", "share", "masked_input", "consistency", "unmask"])
 def test_fewer_than_threshold_aborts(stage):
     n = 8
     vectors = make_vectors(n)
@@ -151,8 +162,8 @@ def test_abort_when_all_drop_and_bad_driver_arguments():
 
 # ----------------------------------------------------------------------------- clip / ring limit
 def test_clip_limit_and_ring_limit_no_wraparound():
-    # m = 8, k = 4: the largest n with n (2^k - 1) < 2^m is 17
-    cfg = SecAggConfig(modulus_bits=8, quant_bits=4, clip=1.0)
+    # m = 9, k = 4: the largest n with n (2^k - 1) < 2^(m-1) is 17
+    cfg = SecAggConfig(modulus_bits=9, quant_bits=4, clip=1.0)
     assert cfg.max_quant_bits(17) == 4 and cfg.max_quant_bits(18) == 3
     n = 17
     top = {f"c{i:02d}": np.full(L, 1.0) for i in range(n)}
@@ -166,7 +177,7 @@ def test_clip_limit_and_ring_limit_no_wraparound():
 
 
 def test_default_ring_at_maximum_clients_for_k():
-    cfg = SecAggConfig(quant_bits=28)  # 16 (2^28 - 1) < 2^32
+    cfg = SecAggConfig(quant_bits=27)  # 16 (2^27 - 1) < 2^31
     vectors = {f"c{i:02d}": np.full(200, 1.0) for i in range(16)}
     res = secure_sum(vectors, cfg, seed=0)
     np.testing.assert_allclose(res.total, 16.0, atol=1e-9)
@@ -195,9 +206,19 @@ def test_tampered_encrypted_share_fails_authentication():
         rnd.clients[other].masked_input(moved)
 
 
+# Without the consistency round the client still checks each unmask request on its own:
+UNCHECKED = Protections(consistency_round=False)
+
+
+def _unmask_requests_without_consistency(rnd):
+    """The unmask requests an honest server would send, taken straight after the masked inputs."""
+    rnd.to_check()
+    return {u: UnmaskRequest(tuple(sorted((rnd.server.graph[u] & rnd.server.u3) | {u})), ()) for u in rnd.server.u3}
+
+
 def test_client_refuses_to_reveal_both_shares_of_a_peer():
-    rnd = Round(make_vectors(6), SecAggConfig(threshold=0.3))
-    req = rnd.to_unmask()
+    rnd = Round(make_vectors(6), SecAggConfig(), protections=UNCHECKED)
+    req = _unmask_requests_without_consistency(rnd)
     client = rnd.clients["c00"]
     honest = req["c00"]
     greedy = UnmaskRequest(honest.survivors, ("c03",))  # c03 also listed as survivor
@@ -211,8 +232,8 @@ def test_client_refuses_to_reveal_both_shares_of_a_peer():
 
 
 def test_client_refuses_second_unmask_and_being_called_dropped():
-    rnd = Round(make_vectors(6), SecAggConfig(threshold=0.3))
-    req = rnd.to_unmask()
+    rnd = Round(make_vectors(6), SecAggConfig(), protections=UNCHECKED)
+    req = _unmask_requests_without_consistency(rnd)
     c1 = rnd.clients["c01"]
     reply = c1.unmask(req["c01"])
     assert set(reply.b_shares) == set(req["c01"].survivors) and not reply.s_shares
@@ -233,6 +254,7 @@ def test_honest_run_never_reveals_both_and_server_rejects_both():
     r = rnd.server.collect_advertise([rnd.clients[c].advertise_keys(setup) for c in rnd.ids])
     r = rnd.server.collect_shares([rnd.clients[c].share_keys(x) for c, x in r.items()])
     r = rnd.server.collect_masked_inputs([rnd.clients[c].masked_input(x) for c, x in r.items() if c != "c05"])
+    r = rnd.server.collect_consistency([rnd.clients[c].consistency(x) for c, x in r.items()])
     replies = [rnd.clients[c].unmask(x) for c, x in r.items()]
     for c in r:
         cl = rnd.clients[c]
@@ -266,17 +288,22 @@ def _fake_reply(cid):
 
 def test_client_refuses_weaker_setup_than_its_policy():
     vectors = make_vectors(6)
-    server = SecAggServer(SecAggConfig(threshold=0.2), sorted(vectors), 0)
-    client = SecAggClient(SecAggConfig(threshold=0.5), "c00", vectors["c00"])
-    with pytest.raises(ProtocolViolation, match="threshold"):
-        client.advertise_keys(server.setup_request())
-    server = SecAggServer(SecAggConfig(neighbours=2), sorted(vectors), 0)
-    client = SecAggClient(SecAggConfig(neighbours=4), "c00", vectors["c00"])
+    key = generate_identities(["c00"])["c00"]
+
+    def client(cfg=SecAggConfig()):
+        return SecAggClient(cfg, "c00", vectors["c00"], identity=key)
+
+    setup = SecAggServer(SecAggConfig(), sorted(vectors), 0).setup_request()
+    with pytest.raises(ProtocolViolation, match="threshold 3 below the required 4"):
+        client().advertise_keys(dataclasses.replace(setup, threshold=3))  # 3 of 6 is no strict majority
+    setup = SecAggServer(SecAggConfig(neighbours=2), sorted(vectors), 0).setup_request()
     with pytest.raises(ProtocolViolation, match="degree"):
-        client.advertise_keys(server.setup_request())
-    server = SecAggServer(SecAggConfig(clip=2.0), sorted(vectors), 0)
+        client(SecAggConfig(neighbours=4)).advertise_keys(setup)
+    setup = SecAggServer(SecAggConfig(clip=2.0), sorted(vectors), 0).setup_request()
     with pytest.raises(ProtocolViolation, match="clip"):
-        SecAggClient(SecAggConfig(), "c00").advertise_keys(server.setup_request())
+        client().advertise_keys(setup)
+    with pytest.raises(ProtocolViolation, match="no identity key"):
+        SecAggClient(SecAggConfig(), "c00").advertise_keys(SecAggServer(SecAggConfig(), ["c00"]).setup_request())
 
 
 # ----------------------------------------------------------------------------- SecAgg+
@@ -302,28 +329,25 @@ def test_secagg_plus_neighbourhoods_correct_sum_with_dropouts():
 
 def test_secagg_plus_client_rejects_a_non_neighbour():
     vectors = make_vectors(12)
-    cfg = SecAggConfig(neighbours=4)
-    rnd = Round(vectors, cfg)
-    req = rnd.to_share()
+    rnd = Round(vectors, SecAggConfig(neighbours=4))
+    req = rnd.to_masked()
     u = "c00"
+    # client and server derived the same graph from the round's keys
+    assert rnd.clients[u]._group == rnd.server.graph[u] | {u}
     stranger = next(c for c in rnd.ids if c != u and c not in rnd.server.graph[u])
-    victim_req = req[u]
-    bad = type(victim_req)(
-        {**victim_req.c_publics, stranger: req[stranger].c_publics[stranger]},
-        {**victim_req.s_publics, stranger: req[stranger].s_publics[stranger]},
-    )
-    with pytest.raises(ProtocolViolation, match="not its neighbours"):
-        rnd.clients[u].share_keys(bad)
+    blob = next(iter(req[stranger].ciphertexts.values()))
+    with pytest.raises(ProtocolViolation, match="not a neighbour"):
+        rnd.clients[u].masked_input(MaskedInputRequest({**req[u].ciphertexts, stranger: blob}))
 
 
 def test_secagg_plus_local_threshold_aborts():
-    cfg = SecAggConfig(neighbours=4)  # neighbourhood of 5, t = 3
-    vectors = make_vectors(12)
-    server = SecAggServer(cfg, sorted(vectors), seed=0)
+    rnd = Round(make_vectors(12), SecAggConfig(neighbours=4))  # neighbourhood of 5, t = 3
+    req = rnd.to_masked()
     u = "c00"
-    peers = sorted(server.graph[u])[:3]  # u keeps 1 of 4 peers: 2 < t alive around it
+    peers = sorted(rnd.server.graph[u])[:3]  # u keeps 1 of 4 peers: 2 < t alive around it
+    replies = [rnd.clients[c].masked_input(r) for c, r in req.items() if c not in peers]
     with pytest.raises(SecAggAbort, match="neighbourhood"):
-        secure_sum(vectors, cfg, seed=0, dropouts={"masked_input": peers})
+        rnd.server.collect_masked_inputs(replies)
 
 
 def test_nan_input_is_rejected_before_upload():

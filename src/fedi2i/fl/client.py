@@ -7,6 +7,7 @@ ClientApp both drive it unchanged. Centralised training is the same object holdi
 from __future__ import annotations
 
 import math
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -52,7 +53,7 @@ class LocalTrainer:
 
     def __init__(self, cid: str, data: SliceSet, model_cfg: ModelConfig, train_cfg: TrainConfig,
                  seed: int, fedprox_mu: float = 0.0, dp: DPConfig | None = None,
-                 update_transform: UpdateTransform | None = None) -> None:
+                 update_transform: UpdateTransform | None = None, reproducible: bool = False) -> None:
         if len(data) == 0:
             raise DataError(f"centre {cid} has no usable training slices")
         self.cid = cid
@@ -61,6 +62,7 @@ class LocalTrainer:
         self.seed = seed
         self.fedprox_mu = fedprox_mu
         self.dp = dp
+        self.reproducible = reproducible  # DP noise from the seed (tests/benchmarks) instead of the OS CSPRNG
         self.update_transform = update_transform
         self.model = build_unet(model_cfg)
         self.spec = ParamSpec.from_module(self.model)
@@ -114,7 +116,7 @@ class LocalTrainer:
             assert self.dp is not None
             optimiser = DPOptimizer(optimiser, noise_multiplier=self.dp.noise_multiplier,
                                     max_grad_norm=self.dp.clip, expected_batch_size=self.train_cfg.batch_size,
-                                    generator=generator)
+                                    generator=dp_noise_generator(self.reproducible, self.seed, round_index, self.cid))
         losses: list[float] = []
         for idx in self.batches(epochs, generator):
             pred = self.forward_model(self.data.mr[idx])
@@ -129,7 +131,8 @@ class LocalTrainer:
             losses.append(float(loss.detach()))
         delta = self.spec.flatten(self.model.state_dict()) - global_vector
         if self.dp is not None and self.dp.enabled and self.dp.mode == "update":
-            delta = clip_and_noise(delta, self.dp.clip, self.dp.noise_multiplier, generator)
+            delta = clip_and_noise(delta, self.dp.clip, self.dp.noise_multiplier,
+                                   dp_noise_generator(self.reproducible, self.seed, round_index, self.cid))
         if self.update_transform is not None:
             delta = self.update_transform(delta, generator)
         return ClientUpdate(self.cid, delta, self.num_examples, len(losses),
@@ -140,6 +143,15 @@ def make_optimiser(train: TrainConfig, params, lr: float) -> torch.optim.Optimiz
     if train.optimizer == "sgd":
         return torch.optim.SGD(params, lr=lr, weight_decay=train.weight_decay)
     return torch.optim.Adam(params, lr=lr, weight_decay=train.weight_decay)
+
+
+def dp_noise_generator(reproducible: bool, seed: int, round_index: int, cid: str) -> torch.Generator:
+    """Generator of a client's DP noise. Seeded with 64 fresh bits from the OS CSPRNG on every draw, so a
+    server that knows the run seed, the round and the centre cannot replay (and subtract) the noise;
+    ``reproducible`` derives it from (seed, round, centre) instead, for tests and benchmarks only."""
+    if reproducible:
+        return torch.Generator().manual_seed(hash_seed(seed, round_index, 2, *map(ord, cid)))
+    return torch.Generator().manual_seed(secrets.randbits(64))
 
 
 def clip_and_noise(delta: torch.Tensor, clip: float, noise_multiplier: float,

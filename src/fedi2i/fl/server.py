@@ -17,8 +17,8 @@ from fedi2i.errors import AggregationError, ConfigError, UpdateRejected
 from fedi2i.fl.client import ClientUpdate
 from fedi2i.fl.observer import CuriousServerRecorder
 from fedi2i.fl.params import ParamSpec
-from fedi2i.fl.secagg import SecAggConfig, secure_sum
-from fedi2i.fl.secagg.weighting import example_weights, round_seed, secure_mean, weighted_input
+from fedi2i.fl.secagg import IdentityKey, SecAggConfig, generate_identities, secure_sum
+from fedi2i.fl.secagg.weighting import round_seed, secure_mean, weighted_input
 from fedi2i.fl.strategies import AggregationRule, build_rule
 
 log = logging.getLogger(__name__)
@@ -68,8 +68,10 @@ def build_aggregator(config: Config, spec: ParamSpec, clients: list[str], run_di
         recorder = CuriousServerRecorder(run_dir, spec, fed.record_rounds, fed.record_fp16, meta={
             "model": config.model.model_dump(), "train": config.train.model_dump(),
             "image_size": config.data.image_size, "secure": config.secagg.enabled,
-            "dp": config.dp.model_dump(), "clients": sorted(clients)})
-    return Aggregator(rule, spec.numel, fed.min_clients, config.secagg, recorder, monitors, config.seed)
+            "dp": config.dp.model_dump(), "clients": sorted(clients),
+            "reproducible_secrets": config.reproducible_secrets})
+    return Aggregator(rule, spec.numel, fed.min_clients, config.secagg, recorder, monitors, config.seed,
+                      reproducible=config.reproducible_secrets)
 
 
 class Aggregator:
@@ -77,7 +79,7 @@ class Aggregator:
 
     def __init__(self, rule: AggregationRule, numel: int, min_clients: int = 1,
                  secagg: SecAggConfig | None = None, recorder: CuriousServerRecorder | None = None,
-                 monitors: list[RoundMonitor] | None = None, seed: int = 0) -> None:
+                 monitors: list[RoundMonitor] | None = None, seed: int = 0, reproducible: bool = False) -> None:
         self.rule = rule
         self.numel = numel
         self.min_clients = max(1, min_clients)
@@ -85,6 +87,8 @@ class Aggregator:
         self.recorder = recorder
         self.monitors = monitors or []
         self.seed = seed
+        self.reproducible = reproducible  # SecAgg rounding dither from the seed (tests/benchmarks) or the OS
+        self.identities: dict[str, IdentityKey] = {}  # the simulated centres' long-term keys, made once per run
 
     def screen(self, updates: list[ClientUpdate]) -> tuple[list[ClientUpdate], dict[str, str]]:
         accepted, rejected = [], {}
@@ -129,10 +133,14 @@ class Aggregator:
 
     def _secure_mean(self, round_index: int, accepted: list[ClientUpdate],
                      dropouts: dict[str, list[str]] | None) -> tuple[torch.Tensor, list[str], int]:
-        """Example-weighted mean through SecAgg: clients pre-scale by n_k / N, the server renormalises
-        by the survivors' share, so a dropped client only removes its own term."""
-        weights = example_weights({u.cid: u.num_examples for u in accepted})
-        vectors = {u.cid: weighted_input(u.delta.numpy(), weights[u.cid]) for u in accepted}
-        result = secure_sum(vectors, self.secagg, seed=round_seed(self.seed, round_index), dropouts=dropouts)
-        aggregate = secure_mean(result.total, result.survivors, weights)
+        """Example-weighted mean through SecAgg: each client scales by its own count and appends it, the
+        server divides the two sums, so it never chooses a weight and a dropped client removes only itself."""
+        assert self.secagg is not None
+        for cid, key in generate_identities(u.cid for u in accepted if u.cid not in self.identities).items():
+            self.identities[cid] = key
+        vectors = {u.cid: weighted_input(u.delta.numpy(), u.num_examples, self.secagg) for u in accepted}
+        seed = round_seed(self.seed, round_index) if self.reproducible else None
+        result = secure_sum(vectors, self.secagg, seed=seed, dropouts=dropouts,
+                            identities={u.cid: self.identities[u.cid] for u in accepted})
+        aggregate = secure_mean(result.total, self.secagg)
         return aggregate, list(result.survivors), int(sum(result.upload_bytes.values()))

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
@@ -28,9 +27,10 @@ from fedi2i.config import Config, config_from_dict
 from fedi2i.errors import ConfigError
 from fedi2i.fl.flower import protocol as P
 from fedi2i.fl.flower.codec import put, record_secagg, record_vector, secagg_records, vector_record
-from fedi2i.fl.secagg.weighting import round_seed, weighted_input
 from fedi2i.fl.flower.state import dump_client, load_client
-from fedi2i.fl.secagg import SecAggClient
+from fedi2i.fl.secagg import IdentityKey, SecAggAbort, SecAggClient
+from fedi2i.fl.secagg.identity import load_directory, load_identity, parse_directory
+from fedi2i.fl.secagg.weighting import round_seed, weighted_input
 
 log = logging.getLogger(__name__)
 app = ClientApp()
@@ -45,6 +45,8 @@ class NodeSettings:
     mapping: Path | None = None
     require_secagg: bool = False
     threads: int | None = None
+    identity_key: Path | None = None
+    federation_keys: Path | None = None
 
     @classmethod
     def from_node_config(cls, node_config: dict[str, Any]) -> "NodeSettings":
@@ -57,10 +59,40 @@ class NodeSettings:
                               f'--node-config \'{P.NODE_CENTRE}="A" {P.NODE_DATA}="/path/to/data"\'')
         mapping = node_config.get(P.NODE_MAPPING)
         threads = node_config.get(P.NODE_THREADS)
+        identity, keys = node_config.get(P.NODE_IDENTITY), node_config.get(P.NODE_FEDERATION_KEYS)
         return cls(centre=str(node_config[P.NODE_CENTRE]), data_path=Path(str(node_config[P.NODE_DATA])),
                    mapping=Path(str(mapping)) if mapping else None,
                    require_secagg=_as_bool(node_config.get(P.NODE_REQUIRE_SECAGG, False)),
-                   threads=int(threads) if threads else None)
+                   threads=int(threads) if threads else None,
+                   identity_key=Path(str(identity)) if identity else None,
+                   federation_keys=Path(str(keys)) if keys else None)
+
+    def identity(self) -> IdentityKey:
+        """This node's long-term SecAgg identity key, from its own file."""
+        if self.identity_key is None:
+            raise ConfigError(f"node {self.centre} has no {P.NODE_IDENTITY}: secure aggregation needs each SuperNode's "
+                              f"own Ed25519 key; create the keys with `fedi2i flower keys` and add "
+                              f"{P.NODE_IDENTITY}=\"/path/{self.centre}.key\" {P.NODE_FEDERATION_KEYS}=\"/path/"
+                              "federation-keys.yaml\" to --node-config")
+        return load_identity(self.identity_key)
+
+    def directory(self, cfg: Config) -> dict[str, bytes]:
+        """The centres' public identity keys: the node's own copy (``federation-keys``), else the run
+        config's ``secagg.identity_keys`` (sent by the server, so only as trustworthy as the server)."""
+        listed = parse_directory(cfg.secagg.identity_keys, "the run config's secagg.identity_keys")
+        if self.federation_keys is not None:
+            own = load_directory(self.federation_keys)
+            differ = sorted(c for c in listed if c in own and own[c] != listed[c])
+            if differ:
+                raise ConfigError(f"the run config lists other identity keys than this node's {self.federation_keys} "
+                                  f"for centre(s) {differ}: the server may be substituting keys; refusing")
+            return own
+        if not listed:
+            raise ConfigError(f"node {self.centre} knows no identity keys of its peers: set {P.NODE_FEDERATION_KEYS} "
+                              "to the federation-keys.yaml written by `fedi2i flower keys`")
+        log.warning("node %s checks its peers against the identity keys in the run config (sent by the server); "
+                    "set %s to the federation's own key list", self.centre, P.NODE_FEDERATION_KEYS)
+        return listed
 
 
 def _as_bool(value: Any) -> bool:
@@ -185,19 +217,36 @@ def _save_client(context: Context, client: SecAggClient) -> None:
 def _load_client(context: Context) -> SecAggClient:
     if P.STATE_CLIENT not in context.state:
         raise ConfigError("no SecAgg client state on this node: the round's first stage did not run here")
-    return load_client(bytes(context.state[P.STATE_CLIENT]["data"]))
+    node = NodeSettings.from_node_config(dict(context.node_config))
+    return load_client(bytes(context.state[P.STATE_CLIENT]["data"]), node.identity())
+
+
+def _answer(context: Context, client: SecAggClient, method: str, *args: Any) -> Any:
+    """Run one SecAgg stage; a refusal or abort is stored before it is raised, so the node keeps refusing
+    whatever the server asks next in this round."""
+    try:
+        return getattr(client, method)(*args)
+    except SecAggAbort:
+        _save_client(context, client)
+        raise
 
 
 @app.train("secagg_fit")
 def secagg_fit(msg: Message, context: Context) -> Message:
-    """Stage 0: train, keep the update on the node, answer the SecAgg setup with two public keys."""
+    """Stage 0: train, keep the self-weighted update on the node, answer the SecAgg setup with signed keys."""
     timer = _Timer()
     node, cfg, update = _fit(msg, context, timer)
     settings = _round(msg)
-    client = SecAggClient(cfg.secagg, node.centre, None,
-                          rounding_seed=round_seed(cfg.seed, int(settings["round"])))
-    keys = client.advertise_keys(record_secagg(msg.content, P.REC_SECAGG))
-    context.state[P.STATE_DELTA] = vector_record(update.delta)
+    identity = node.identity()
+    directory = node.directory(cfg)
+    if directory.get(node.centre) != identity.public_bytes:
+        raise ConfigError(f"the identity key in {node.identity_key} is not the one the federation lists for centre "
+                          f"{node.centre}; use this centre's own key file")
+    seed = round_seed(cfg.seed, int(settings["round"])) if cfg.reproducible_secrets else None
+    client = SecAggClient(cfg.secagg, node.centre, None, identity=identity, directory=directory, rounding_seed=seed)
+    keys = _answer(context, client, "advertise_keys", record_secagg(msg.content, P.REC_SECAGG))
+    # the node weights itself by its own example count: the server never sends a weight
+    context.state[P.STATE_DELTA] = vector_record(weighted_input(update.delta.numpy(), update.num_examples, cfg.secagg))
     _save_client(context, client)
     content = put(RecordDict({P.REC_FIT: _fit_record(update)}), secagg_records(keys, P.REC_SECAGG))
     return _reply(msg, content, timer)
@@ -205,39 +254,46 @@ def secagg_fit(msg: Message, context: Context) -> Message:
 
 @app.train("secagg_share")
 def secagg_share(msg: Message, context: Context) -> Message:
-    """Stage 1: Shamir-share the self-mask seed and masking key, encrypted to each neighbour."""
+    """Stage 1: check the signed keys, Shamir-share the self-mask seed and masking key to each neighbour."""
     timer = _Timer()
     client = _load_client(context)
-    reply = client.share_keys(record_secagg(msg.content, P.REC_SECAGG))
+    reply = _answer(context, client, "share_keys", record_secagg(msg.content, P.REC_SECAGG))
     _save_client(context, client)
     return _secagg_reply(msg, reply, timer)
 
 
 @app.train("secagg_mask")
 def secagg_mask(msg: Message, context: Context) -> Message:
-    """Stage 2: upload the weighted, quantised and masked update (the only form it leaves the node in)."""
+    """Stage 2: upload the self-weighted, quantised and masked update (the only form it leaves the node in)."""
     timer = _Timer()
     client = _load_client(context)
     if P.STATE_DELTA not in context.state:
         raise ConfigError("no pending update on this node: the round's training stage did not run here")
-    delta = record_vector(context.state[P.STATE_DELTA], "pending update")
-    weight = float(_round(msg)["weight"])
-    if not 0.0 < weight <= 1.0:
-        raise ConfigError(f"the server sent the FedAvg weight {weight}; a share n_k/N must lie in (0, 1]")
-    vector = weighted_input(delta, weight)
-    reply = client.masked_input(record_secagg(msg.content, P.REC_SECAGG), vector)
+    vector = record_vector(context.state[P.STATE_DELTA], "pending update")
+    reply = _answer(context, client, "masked_input", record_secagg(msg.content, P.REC_SECAGG), vector)
     timer.lap("mask_s")
     del context.state[P.STATE_DELTA]
     _save_client(context, client)
     return _secagg_reply(msg, reply, timer)
 
 
-@app.train("secagg_unmask")
-def secagg_unmask(msg: Message, context: Context) -> Message:
-    """Stage 3: reveal the shares that remove the masks (never both shares of one peer)."""
+@app.train("secagg_check")
+def secagg_check(msg: Message, context: Context) -> Message:
+    """Stage 3, the consistency round: sign the survivor set the server announces."""
     timer = _Timer()
     client = _load_client(context)
-    reply = client.unmask(record_secagg(msg.content, P.REC_SECAGG))
+    reply = _answer(context, client, "consistency", record_secagg(msg.content, P.REC_SECAGG))
+    _save_client(context, client)
+    return _secagg_reply(msg, reply, timer)
+
+
+@app.train("secagg_unmask")
+def secagg_unmask(msg: Message, context: Context) -> Message:
+    """Stage 4: after t signatures on the same survivor set, reveal the shares that remove the masks
+    (never both shares of one peer)."""
+    timer = _Timer()
+    client = _load_client(context)
+    reply = _answer(context, client, "unmask", record_secagg(msg.content, P.REC_SECAGG))
     del context.state[P.STATE_CLIENT]  # the round is over: its secrets are not needed any more
     return _secagg_reply(msg, reply, timer)
 

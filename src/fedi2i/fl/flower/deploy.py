@@ -296,17 +296,24 @@ class LocalFederation:
         return proc
 
     def start(self, timeout: float = 60.0) -> "LocalFederation":
-        """Start the SuperLink, wait until it answers, then start the SuperNodes; on any failure stop
-        whatever was already started before raising."""
+        """Start the SuperLink, wait until it answers, then start the SuperNodes, each with its own SecAgg
+        identity key (written into the work folder); on any failure stop whatever was already started
+        before raising."""
+        from fedi2i.fl.secagg.identity import KEYS_FILE, write_identities
+
         atexit.register(self.stop)
         try:
             self.port = self.port or free_port(self.host)
             (self.flwr_home / "config.toml").write_text(connection_toml(self.address, insecure=True))
+            keys = self.workdir / "identity"
+            if not (keys / KEYS_FILE).exists():
+                write_identities(keys, sorted(self.centres))
             link = self._spawn("superlink", superlink_command(self.host, self.port, insecure=True))
             self._wait_ready(link, timeout)
             for centre, data in sorted(self.centres.items()):
-                self._spawn(f"supernode-{centre}", supernode_command(self.address, centre, data, insecure=True,
-                                                                     runtime_port=free_port()))
+                self._spawn(f"supernode-{centre}", supernode_command(
+                    self.address, centre, data, insecure=True, runtime_port=free_port(),
+                    identity_key=str(keys / f"{centre}.key"), federation_keys=str(keys / KEYS_FILE)))
         except BaseException:
             self.stop()
             raise

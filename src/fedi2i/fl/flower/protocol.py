@@ -2,9 +2,10 @@
 
 Kept free of any Flower import so the CLI can write deployment files without the ``flower`` extra.
 
-One plain round is one exchange (``train.fit``). A secure round is four exchanges that carry fedi2i's
+One plain round is one exchange (``train.fit``). A secure round is five exchanges that carry fedi2i's
 own SecAgg protocol: ``train.secagg_fit`` (local training + the advertise stage), ``train.secagg_share``,
-``train.secagg_mask`` and ``train.secagg_unmask``.
+``train.secagg_mask``, ``train.secagg_check`` (the consistency round: survivors sign the survivor set)
+and ``train.secagg_unmask``.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ FIT = "train.fit"
 SECAGG_FIT = "train.secagg_fit"
 SECAGG_SHARE = "train.secagg_share"
 SECAGG_MASK = "train.secagg_mask"
+SECAGG_CHECK = "train.secagg_check"
 SECAGG_UNMASK = "train.secagg_unmask"
 EVALUATE = "evaluate.val"
-SECAGG_STAGES = (SECAGG_FIT, SECAGG_SHARE, SECAGG_MASK, SECAGG_UNMASK)
+SECAGG_STAGES = (SECAGG_FIT, SECAGG_SHARE, SECAGG_MASK, SECAGG_CHECK, SECAGG_UNMASK)
 
 # Node config: set by each hospital on its own SuperNode (flower-supernode --node-config "...").
 NODE_CENTRE = "centre-id"  # the centre this node serves, e.g. "A" (must be a training centre of the config)
@@ -25,7 +27,10 @@ NODE_DATA = "data-path"  # folder in the SynthRAD2023 layout holding (at least) 
 NODE_MAPPING = "centre-mapping"  # optional CSV patient -> centre, for IDs that do not encode the centre
 NODE_REQUIRE_SECAGG = "require-secagg"  # optional: true = refuse to send an individual update
 NODE_THREADS = "threads"  # optional: torch threads for local training (default: the config's)
-NODE_KEYS = (NODE_CENTRE, NODE_DATA, NODE_MAPPING, NODE_REQUIRE_SECAGG, NODE_THREADS)
+NODE_IDENTITY = "identity-key"  # SecAgg: this centre's Ed25519 private key file (fedi2i flower keys)
+NODE_FEDERATION_KEYS = "federation-keys"  # SecAgg: the centres' public keys, the hospital's own copy
+NODE_KEYS = (NODE_CENTRE, NODE_DATA, NODE_MAPPING, NODE_REQUIRE_SECAGG, NODE_THREADS, NODE_IDENTITY,
+             NODE_FEDERATION_KEYS)
 
 # Run config: set by the server side in the app's pyproject.toml ([tool.flwr.app.config]).
 RUN_CONFIG_YAML = "fedi2i-config"  # the whole fedi2i config as YAML text (clients read it too)
@@ -45,4 +50,4 @@ REC_INFO = "fedi2i.info"  # ConfigRecord: node description / evaluation summary
 
 # Node-local state (Context.state): never leaves the SuperNode.
 STATE_CLIENT = "fedi2i.secagg_client"  # ConfigRecord: serialised SecAggClient of the current round
-STATE_DELTA = "fedi2i.pending_delta"  # ArrayRecord: this round's update, waiting for the masking stage
+STATE_DELTA = "fedi2i.pending_delta"  # ArrayRecord: this round's self-weighted update, waiting to be masked

@@ -6,8 +6,9 @@ functions, and so writes the engine's checkpoint format (so a deployed run can b
 training happens: on the nodes, reached through a :class:`Transport` (Flower's Grid in the ServerApp, or
 :class:`~fedi2i.fl.flower.inprocess.InProcessTransport` in tests and benchmarks).
 
-Under secure aggregation a round is fedi2i's own SecAgg protocol carried over four exchanges; the server
-holds a :class:`~fedi2i.fl.secagg.SecAggServer` and only ever sees masked uploads and the sum.
+Under secure aggregation a round is fedi2i's own SecAgg protocol carried over five exchanges (with the
+consistency round); the server holds a :class:`~fedi2i.fl.secagg.SecAggServer` and only ever sees masked
+uploads, the sum and the sum of the weights the nodes chose themselves.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from fedi2i.fl.flower import protocol as P
 from fedi2i.fl.flower.codec import put, record_secagg, record_vector, secagg_records, vector_record
 from fedi2i.fl.params import ParamSpec
 from fedi2i.fl.secagg import SecAggServer
-from fedi2i.fl.secagg.weighting import example_weights, round_seed, secure_mean
+from fedi2i.fl.secagg.weighting import secure_mean
 from fedi2i.fl.server import Aggregator, build_aggregator
 from fedi2i.models import build_unet
 
@@ -199,11 +200,12 @@ class ServerRounds:
                 "_new_global": outcome.new_global}
 
     def _secure_round(self, r: int, global_vector: torch.Tensor, cids: list[str], lr: float) -> dict[str, Any]:
-        """Train + advertise, share, masked input, unmask: SecAggServer between Flower exchanges."""
+        """Train + advertise, share, masked input, consistency, unmask: SecAggServer between Flower exchanges.
+        The nodes weight themselves (their own example count travels inside the masked vector)."""
         assert self.aggregator is not None
         cfg = self.config
         timings: dict[str, Any] = {}
-        server = SecAggServer(cfg.secagg, cids, round_seed(cfg.seed, r), vector_length=self.spec.numel)
+        server = SecAggServer(cfg.secagg, cids, vector_length=self.spec.numel + 1)
         setup = secagg_records(server.setup_request(), P.REC_SECAGG)
         contents = {c: put(RecordDict({P.REC_GLOBAL: vector_record(global_vector),
                                        P.REC_ROUND: self._round_record(r, lr)}), setup) for c in cids}
@@ -214,15 +216,10 @@ class ServerRounds:
         if len(updates) < self.aggregator.min_clients:
             raise AggregationError(f"only {len(updates)} centre(s) trained in round {r}, fewer than min_clients="
                                    f"{self.aggregator.min_clients}; failures: {errors or 'none'}")
-        weights = example_weights({u.cid: u.num_examples for u in updates})
         requests = server.collect_advertise([record_secagg(replies[u.cid], P.REC_SECAGG) for u in updates])
-        for stage in (P.SECAGG_SHARE, P.SECAGG_MASK, P.SECAGG_UNMASK):
-            contents = {}
-            for cid, request in requests.items():
-                content = put(RecordDict(), secagg_records(request, P.REC_SECAGG))
-                if stage == P.SECAGG_MASK:
-                    content[P.REC_ROUND] = self._round_record(r, lr, weight=weights[cid])
-                contents[cid] = content
+        for stage in (P.SECAGG_SHARE, P.SECAGG_MASK, P.SECAGG_CHECK, P.SECAGG_UNMASK):
+            contents = {cid: put(RecordDict(), secagg_records(request, P.REC_SECAGG))
+                        for cid, request in requests.items()}
             replies, failed = self._exchange(stage, contents, r, timings)
             errors.update(failed)
             messages = [record_secagg(replies[c], P.REC_SECAGG) for c in sorted(replies)]
@@ -231,11 +228,13 @@ class ServerRounds:
                 requests = server.collect_shares(messages)
             elif stage == P.SECAGG_MASK:
                 requests = server.collect_masked_inputs(messages)
+            elif stage == P.SECAGG_CHECK:
+                requests = server.collect_consistency(messages)
             else:
                 result = server.collect_unmask(messages)
             timings[stage]["server_s"] = time.perf_counter() - t
         t = time.perf_counter()
-        aggregate = secure_mean(result.total, result.survivors, weights)
+        aggregate = secure_mean(result.total, cfg.secagg)
         counts = {u.cid: u.num_examples for u in updates}
         if self.aggregator.recorder is not None:  # what Aggregator.aggregate_round records under SecAgg
             self.aggregator.recorder.record(r, global_vector, aggregate, {c: counts[c] for c in result.survivors},
@@ -265,7 +264,8 @@ class ServerRounds:
         write_json(self.run_dir / "metrics.json", {
             "runtime": "flower", "rounds_done": run.next_round, "finished": True,
             "strategy": self.config.federation.strategy, "secagg": self.config.secagg.enabled,
-            "dp": self.config.dp.enabled, "num_parameters": self.spec.numel, "nodes": self.nodes})
+            "dp": self.config.dp.enabled, "num_parameters": self.spec.numel, "nodes": self.nodes,
+            "reproducible_secrets": self.config.reproducible_secrets})
 
 
 def load_global(run_dir: Path) -> torch.Tensor:

@@ -12,16 +12,18 @@ known type needs no change here, and one of an unknown type fails loudly instead
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 from typing import Any
 
 import numpy as np
 
 from fedi2i.errors import ConfigError
-from fedi2i.fl.secagg import SecAggClient, SecAggConfig, message_from_dict
+from fedi2i.fl.secagg import IdentityKey, Protections, SecAggClient, SecAggConfig, message_from_dict
 from fedi2i.fl.secagg.crypto import KeyPair
 
-FORMAT = "fedi2i.secagg_client/1"
+FORMAT = "fedi2i.secagg_client/2"
+_NOT_STORED = ("identity",)  # the long-term key stays in its file; it is attached again on load
 
 
 def _encode(value: Any) -> Any:
@@ -33,6 +35,8 @@ def _encode(value: Any) -> Any:
         return {"t": "x25519", "v": base64.b64encode(value.private_bytes).decode()}
     if isinstance(value, SecAggConfig):
         return {"t": "secagg_config", "v": value.model_dump(mode="json")}
+    if isinstance(value, Protections):
+        return {"t": "protections", "v": dataclasses.asdict(value)}
     if isinstance(value, np.ndarray):
         return {"t": "ndarray", "dtype": value.dtype.str, "shape": list(value.shape),
                 "v": base64.b64encode(np.ascontiguousarray(value).tobytes()).decode()}
@@ -59,6 +63,8 @@ def _decode(value: Any) -> Any:
         return KeyPair.from_private_bytes(base64.b64decode(raw))
     if kind == "secagg_config":
         return SecAggConfig.model_validate(raw)
+    if kind == "protections":
+        return Protections(**raw)
     if kind == "ndarray":
         return np.frombuffer(base64.b64decode(raw), dtype=np.dtype(value["dtype"])).reshape(value["shape"]).copy()
     if kind == "message":
@@ -77,17 +83,21 @@ def _decode(value: Any) -> Any:
 
 
 def dump_client(client: SecAggClient) -> bytes:
-    """The client's whole state (secrets included) as bytes, for node-local storage only."""
-    return json.dumps({"format": FORMAT, "attrs": {k: _encode(v) for k, v in vars(client).items()}}).encode()
+    """The client's round state (round secrets included, not its long-term identity key) as bytes, for
+    node-local storage only."""
+    attrs = {k: _encode(v) for k, v in vars(client).items() if k not in _NOT_STORED}
+    return json.dumps({"format": FORMAT, "attrs": attrs}).encode()
 
 
-def load_client(data: bytes) -> SecAggClient:
-    """Rebuild a client from :func:`dump_client` output; it continues the round where it stopped."""
+def load_client(data: bytes, identity: IdentityKey | None = None) -> SecAggClient:
+    """Rebuild a client from :func:`dump_client` output (with its identity key); it continues the round
+    where it stopped, or keeps refusing if it refused."""
     raw = json.loads(data.decode())
     if raw.get("format") != FORMAT:
         raise ConfigError(f"node state holds a SecAgg client in format {raw.get('format')!r}, expected "
                           f"{FORMAT!r}: the node runs another fedi2i version than the one that stored it")
     client = SecAggClient.__new__(SecAggClient)
+    client.identity = identity
     for key, value in raw["attrs"].items():
         setattr(client, key, _decode(value))
     return client

@@ -3,21 +3,27 @@
 One :class:`SecAggClient` serves one round. Call :meth:`SecAggClient.handle` (or the stage
 methods) with each request in order; every method returns the reply to send. A request that
 arrives out of order, or that the protocol forbids, raises
-:class:`~fedi2i.fl.secagg.exceptions.ProtocolViolation` and the client sends nothing.
+:class:`~fedi2i.fl.secagg.exceptions.ProtocolViolation` and the client sends nothing more this round.
 
-Checks a client makes (it trusts the server only to route messages):
+The client trusts the server only to route messages; it defends itself against an actively
+malicious server (Bonawitz et al. 2017, section 6; see :class:`~fedi2i.fl.secagg.config.Protections`):
 
 * setup: it is in the client list; clip / modulus / quantisation bits match its own config; the
-  threshold and the neighbourhood degree are at least what its own config demands.
-* share: the peers whose keys it receives are its neighbours in the graph derived from the
-  broadcast seed, its own keys are echoed correctly, all keys are distinct, and at least ``t``
-  neighbours (itself included) are present.
-* masked input: every ciphertext authenticates (AES-GCM) and names the right sender and
-  receiver; at least ``t`` neighbours (itself included) shared.
-* unmask: answered once; no peer is listed both as survivor and as dropped; it is itself a
-  survivor; all listed peers are neighbours whose shares it holds; at least ``t`` survivors. It
-  then reveals the self-mask share for survivors and the key share for dropped peers: never
-  both for one peer (also tracked across the whole round).
+  neighbourhood degree is at least what its own config demands; the threshold is at least its own
+  and never below a strict majority of the neighbourhood. It advertises two fresh X25519 keys and a
+  commitment to its self-mask seed, signed with its long-term Ed25519 identity key.
+* share: every advertisement (all of U1) carries a valid signature under the sender's listed identity
+  key, its own is echoed unchanged, all keys are distinct; the SecAgg+ graph is derived from the hash
+  of all advertised keys (not from the server's seed); at least ``t`` neighbours (itself included)
+  advertised.
+* masked input: every ciphertext authenticates (AES-GCM), comes from a neighbour and names the right
+  sender and receiver; at least ``t`` neighbours (itself included) shared.
+* consistency: it is in the survivor set U3 and at least ``t`` of the neighbours it masked with are;
+  it signs (set-up, U3).
+* unmask: answered once; it requires ``t`` valid signatures of its neighbourhood on the very U3 it
+  signed (:class:`~fedi2i.fl.secagg.exceptions.InconsistentView` otherwise, before any share leaves);
+  the survivor / dropped lists must be what that U3 implies. It then reveals the self-mask share for
+  survivors and the key share for dropped peers: never both for one peer.
 """
 
 from __future__ import annotations
@@ -26,17 +32,28 @@ import functools
 import hashlib
 import os
 import struct
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from . import shamir
-from .config import SecAggConfig
+from .config import Protections, SecAggConfig, majority
 from .crypto import INFO_MASK, INFO_SHARE, KEY_BYTES, KeyPair, agree, decrypt, encrypt
-from .exceptions import ProtocolViolation, SecAggAbort
+from .exceptions import InconsistentView, ProtocolViolation, SecAggAbort
 from .graph import neighbourhood_graph
+from .identity import (
+    IdentityKey,
+    advertise_message,
+    graph_seed_from_keys,
+    self_mask_commitment,
+    survivors_message,
+    verify,
+)
 from .messages import (
     AdvertiseKeys,
+    ConsistencyRequest,
+    ConsistencySignature,
     MaskedInput,
     MaskedInputRequest,
     SetupRequest,
@@ -98,6 +115,7 @@ _STAGE_OF = {
     "advertise_keys": "advertise",
     "share_keys": "share",
     "masked_input": "masked_input",
+    "consistency": "consistency",
     "unmask": "unmask",
 }
 
@@ -110,8 +128,12 @@ class SecAggClient:
         client_id: this client's id as the server knows it.
         vector: the input to aggregate (any shape, float); may instead be given to
             :meth:`masked_input`.
-        rounding_seed: seed of the stochastic-rounding dither; the same seed gives the same
-            quantised input. ``None`` draws a fresh one from the OS.
+        identity: the centre's long-term Ed25519 key (signs its keys and the survivor set).
+        directory: client id -> Ed25519 public key of every centre, from the federation's set-up
+            (never from the server).
+        rounding_seed: seed of the stochastic-rounding dither, for tests and benchmarks only (a server
+            that knows it can replay the dither). ``None`` (the default) draws a fresh key from the OS.
+        protections: the defences in force (all on unless a test or the audit turns one off).
     """
 
     def __init__(
@@ -120,17 +142,26 @@ class SecAggClient:
         client_id: str,
         vector: np.ndarray | None = None,
         *,
+        identity: IdentityKey | None = None,
+        directory: Mapping[str, bytes] | None = None,
         rounding_seed: int | bytes | None = None,
+        protections: Protections = Protections(),
     ) -> None:
         self.config = config
         self.client_id = client_id
         self.vector = vector
+        self.identity = identity
+        self.directory: dict[str, bytes] = dict(directory or {})
+        self.protections = protections
         self._rounding_key = rounding_key(os.urandom(16) if rounding_seed is None else rounding_seed, client_id)
         self.stage = "advertise"  # next request expected
         self.setup: SetupRequest | None = None
+        self._setup_digest = b""
         self._c: KeyPair | None = None
         self._s: KeyPair | None = None
-        self._graph_peers: frozenset[str] = frozenset()
+        self._b_seed = b""
+        self._b_commit = b""
+        self._group: frozenset[str] = frozenset()  # its neighbourhood among U1, itself included
         self._slots: dict[str, int] = {}
         self._s_publics: dict[str, bytes] = {}
         self._c_publics: dict[str, bytes] = {}
@@ -138,26 +169,24 @@ class SecAggClient:
         self._b_shares: dict[str, bytes] = {}
         self._s_shares: dict[str, bytes] = {}
         self._sharers: frozenset[str] = frozenset()  # U2 as seen here (self included)
-        self._b_seed = b""
+        self._u3: frozenset[str] = frozenset()  # the survivor set it signed
         self.revealed_b: set[str] = set()
         self.revealed_s: set[str] = set()
 
     # ------------------------------------------------------------------ dispatch
     def handle(self, request: Any) -> Any:
         """Answer any protocol request (dispatch on its type)."""
-        if isinstance(request, SetupRequest):
-            return self.advertise_keys(request)
-        if isinstance(request, ShareKeysRequest):
-            return self.share_keys(request)
-        if isinstance(request, MaskedInputRequest):
-            return self.masked_input(request)
-        if isinstance(request, UnmaskRequest):
-            return self.unmask(request)
+        for cls, method in ((SetupRequest, self.advertise_keys), (ShareKeysRequest, self.share_keys),
+                            (MaskedInputRequest, self.masked_input), (ConsistencyRequest, self.consistency),
+                            (UnmaskRequest, self.unmask)):
+            if isinstance(request, cls):
+                return method(request)
         raise ProtocolViolation(f"client {self.client_id}: unknown request {type(request).__name__}")
 
     def _expect(self, method: str) -> None:
         stage = _STAGE_OF[method]
-        if self.stage != stage:
+        skips_check = stage == "unmask" and self.stage == "consistency" and not self.protections.consistency_round
+        if self.stage != stage and not skips_check:
             raise ProtocolViolation(
                 f"client {self.client_id}: got a '{stage}' request while expecting '{self.stage}'; refused"
             )
@@ -165,6 +194,15 @@ class SecAggClient:
     def _refuse(self, why: str) -> ProtocolViolation:
         self.stage = "refused"
         return ProtocolViolation(f"client {self.client_id} refuses the server's request: {why}")
+
+    def _signed(self) -> bool:
+        return self.protections.signatures or self.protections.consistency_round
+
+    def _peer_key(self, v: str) -> bytes:
+        key = self.directory.get(v)
+        if key is None:
+            raise self._refuse(f"{v} has no identity key in the federation's key list")
+        return key
 
     # ------------------------------------------------------------------ stage 0
     @_aborts_on_error
@@ -176,6 +214,8 @@ class SecAggClient:
             raise self._refuse("it is not in the round's client list")
         if ids != sorted(set(ids)):
             raise self._refuse("client list is not sorted and unique")
+        if self._signed() and self.identity is None:
+            raise self._refuse("it has no identity key to sign with; give each centre one (fedi2i flower keys)")
         if req.clip != cfg.clip or req.modulus_bits != cfg.modulus_bits:
             raise self._refuse(
                 f"server uses clip={req.clip}, modulus_bits={req.modulus_bits}; client expects "
@@ -187,44 +227,68 @@ class SecAggClient:
         if not min_degree <= req.degree <= n - 1:
             raise self._refuse(f"neighbourhood degree {req.degree} below the required {min_degree}")
         min_t = cfg.threshold_count(req.degree + 1)
+        if self.protections.majority_threshold:
+            min_t = max(min_t, majority(req.degree + 1))
         if not min_t <= req.threshold <= req.degree + 1:
-            raise self._refuse(f"threshold {req.threshold} below the required {min_t}")
+            raise self._refuse(
+                f"threshold {req.threshold} below the required {min_t} (a strict majority of its "
+                f"neighbourhood of {req.degree + 1})"
+            )
         if len(req.graph_seed) != 32 or len(req.round_id) < 16:
             raise self._refuse("graph seed must be 32 bytes and round id at least 16 bytes")
         self.setup = req
+        self._setup_digest = req.digest()
         self._slots = {cid: i + 1 for i, cid in enumerate(ids)}
-        self._graph_peers = neighbourhood_graph(ids, req.degree, req.graph_seed)[self.client_id]
         self._c, self._s = KeyPair(), KeyPair()
+        self._b_seed = os.urandom(KEY_BYTES)
+        self._b_commit = self_mask_commitment(req.round_id, self.client_id, self._b_seed)
+        c_pub, s_pub = self._c.public_bytes, self._s.public_bytes
+        message = advertise_message(self._setup_digest, self.client_id, c_pub, s_pub, self._b_commit)
+        signature = self.identity.sign(message) if self.identity is not None else b""
         self.stage = "share"
-        return AdvertiseKeys(self.client_id, self._c.public_bytes, self._s.public_bytes)
+        return AdvertiseKeys(self.client_id, c_pub, s_pub, self._b_commit, signature)
 
     # ------------------------------------------------------------------ stage 1
     @_aborts_on_error
     def share_keys(self, req: ShareKeysRequest) -> ShareKeysReply:
         assert self.setup is not None and self._c is not None and self._s is not None
         me = self.client_id
-        group = set(req.c_publics)
-        if group != set(req.s_publics):
-            raise self._refuse("c and s public key lists name different clients")
-        if req.c_publics.get(me) != self._c.public_bytes or req.s_publics.get(me) != self._s.public_bytes:
-            raise self._refuse("its own public keys were not echoed correctly")
-        strangers = group - self._graph_peers - {me}
+        u1 = set(req.c_publics)
+        if not u1 == set(req.s_publics) == set(req.b_commits) == set(req.signatures):
+            raise self._refuse("the advertisement lists (c keys, s keys, commitments, signatures) name different clients")
+        strangers = u1 - set(self.setup.client_ids)
         if strangers:
-            raise self._refuse(f"{sorted(strangers)} are not its neighbours in the announced graph")
+            raise self._refuse(f"{sorted(strangers)} are not in the round's client list")
+        if (req.c_publics.get(me), req.s_publics.get(me), req.b_commits.get(me)) != (
+            self._c.public_bytes, self._s.public_bytes, self._b_commit
+        ):
+            raise self._refuse("its own public keys were not echoed correctly")
         keys = list(req.c_publics.values()) + list(req.s_publics.values())
         if len(set(keys)) != len(keys) or any(len(k) != KEY_BYTES for k in keys):
             raise self._refuse("public keys are not distinct 32-byte X25519 keys")
+        adverts = {v: (req.c_publics[v], req.s_publics[v], req.b_commits[v]) for v in u1}
+        if self.protections.signatures:
+            for v in sorted(u1 - {me}):
+                if not verify(self._peer_key(v), req.signatures[v], advertise_message(self._setup_digest, v, *adverts[v])):
+                    raise self._refuse(
+                        f"the advertised keys of {v} do not carry {v}'s identity signature on this round's set-up: "
+                        "the server substituted or altered them, or showed clients different set-ups"
+                    )
+        seed = graph_seed_from_keys(self._setup_digest, adverts) if self.protections.client_graph_seed \
+            else self.setup.graph_seed
+        peers = neighbourhood_graph(self.setup.client_ids, self.setup.degree, seed)[me]
+        group = (peers | {me}) & u1
         t = self.setup.threshold
         if len(group) < t:
             raise SecAggAbort(
                 f"client {me}: only {len(group)} of its neighbourhood (itself included) advertised keys; "
                 f"the threshold is {t}"
             )
-        self._c_publics = dict(req.c_publics)
-        self._s_publics = dict(req.s_publics)
+        self._group = frozenset(group)
+        self._c_publics = {v: req.c_publics[v] for v in group}
+        self._s_publics = {v: req.s_publics[v] for v in group}
         members = sorted(group)
         xs = [self._slots[v] for v in members]
-        self._b_seed = os.urandom(KEY_BYTES)
         b_shares = shamir.split(self._b_seed, t, xs)
         s_shares = shamir.split(self._s.private_bytes, t, xs)
         rid = self.setup.round_id
@@ -279,15 +343,76 @@ class SecAggClient:
         masked = quantize_and_mask(
             x, self.setup.clip, self.setup.quant_bits, self._rounding_key, keys, signs, self.setup.modulus_bits
         )
-        self.stage = "unmask"
+        self.stage = "consistency"
         return MaskedInput(me, masked)
 
     # ------------------------------------------------------------------ stage 3
     @_aborts_on_error
+    def consistency(self, req: ConsistencyRequest) -> ConsistencySignature:
+        """Sign the survivor set U3, after checking that enough of its own peers are in it."""
+        assert self.setup is not None
+        me = self.client_id
+        u3 = set(req.survivors)
+        if me not in u3:
+            raise self._refuse("it is left out of the survivor set although it uploaded its masked input")
+        if not u3 <= set(self.setup.client_ids):
+            raise self._refuse(f"survivor set names {sorted(u3 - set(self.setup.client_ids))}, not in the round")
+        alive = u3 & self._sharers
+        t = self.setup.threshold
+        if len(alive) < t:
+            raise SecAggAbort(
+                f"client {me}: only {len(alive)} of the clients it masked with are survivors; the threshold is {t}"
+            )
+        self._u3 = frozenset(u3)
+        self.stage = "unmask"
+        message = survivors_message(self._setup_digest, u3)
+        return ConsistencySignature(me, self.identity.sign(message) if self.identity is not None else b"")
+
+    def _consistent_lists(self, req: UnmaskRequest) -> tuple[set[str], set[str]]:
+        """Survivors and dropped peers implied by the U3 it signed, once ``t`` of its neighbourhood signed
+        the same U3; any signature that fails means the server showed clients different sets."""
+        me = self.client_id
+        message = survivors_message(self._setup_digest, self._u3)
+        valid = set()
+        for v, signature in sorted(req.signatures.items()):
+            if v not in self._u3:
+                raise InconsistentView(
+                    f"client {me}: {v} sent a survivor-set signature but is not in the survivor set U3 this client "
+                    f"signed ({sorted(self._u3)}): the server showed clients different survivor sets; no share is "
+                    "revealed and the round is aborted"
+                )
+            if not verify(self._peer_key(v), signature, message):
+                raise InconsistentView(
+                    f"client {me}: the signature of {v} does not verify on the survivor set U3 this client signed "
+                    f"({sorted(self._u3)}): the server showed clients different survivor sets (or forged a "
+                    "signature); no share is revealed and the round is aborted"
+                )
+            valid.add(v)
+        t = self.setup.threshold if self.setup is not None else 1
+        agreeing = valid & self._group
+        if len(agreeing) < t:
+            raise SecAggAbort(
+                f"client {me}: only {len(agreeing)} of its neighbourhood signed the survivor set; it reveals shares "
+                f"only after t={t} valid signatures on the same set"
+            )
+        survivors, dropped = set(self._u3 & self._sharers), set(self._sharers - self._u3)
+        if set(req.survivors) != survivors or set(req.dropped) != dropped:
+            raise InconsistentView(
+                f"client {me}: the unmask request lists survivors {sorted(req.survivors)} and dropped "
+                f"{sorted(req.dropped)}, but the signed survivor set gives survivors {sorted(survivors)} and "
+                f"dropped {sorted(dropped)}; no share is revealed and the round is aborted"
+            )
+        return survivors, dropped
+
+    # ------------------------------------------------------------------ stage 4
+    @_aborts_on_error
     def unmask(self, req: UnmaskRequest) -> UnmaskReply:
         assert self.setup is not None
         me = self.client_id
-        survivors, dropped = set(req.survivors), set(req.dropped)
+        if self.protections.consistency_round:
+            survivors, dropped = self._consistent_lists(req)
+        else:
+            survivors, dropped = set(req.survivors), set(req.dropped)
         both = survivors & dropped
         if both:
             raise self._refuse(

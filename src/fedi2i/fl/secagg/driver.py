@@ -13,7 +13,8 @@ import numpy as np
 from fedi2i.errors import ConfigError
 
 from .client import SecAggClient
-from .config import SecAggConfig
+from .config import Protections, SecAggConfig
+from .identity import IdentityKey, directory_of, generate_identities
 from .messages import STAGES
 from .server import SecAggResult, SecAggServer
 
@@ -21,8 +22,11 @@ from .server import SecAggResult, SecAggServer
 def secure_sum(
     vectors: Mapping[str, np.ndarray],
     config: SecAggConfig,
-    seed: int,
+    seed: int | None = None,
     dropouts: Mapping[str, Collection[str]] | None = None,
+    *,
+    identities: Mapping[str, IdentityKey] | None = None,
+    protections: Protections = Protections(),
 ) -> SecAggResult:
     """Sum the clients' vectors with SecAgg / SecAgg+ run in-process.
 
@@ -30,11 +34,14 @@ def secure_sum(
         vectors: client id -> input (same shape for all; float). The engine passes updates
             already multiplied by the example weights.
         config: secure aggregation settings.
-        seed: drives stochastic rounding and the neighbourhood graph: the same seed gives the same
-            ``total`` and ``survivors`` (keys and masks are fresh every call).
-        dropouts: stage name (``'advertise'``, ``'share'``, ``'masked_input'``, ``'unmask'``) ->
-            clients that drop just before sending their reply in that stage. A client that drops
-            before ``masked_input`` is not in the sum; one that drops at ``unmask`` is (it uploaded).
+        seed: ``None`` (the default) draws every client's rounding dither from the OS. An int makes
+            the dither reproducible, for tests and benchmarks only: the same seed gives the same
+            ``total`` (keys, masks and the SecAgg+ graph are fresh every call).
+        dropouts: stage name (``'advertise'``, ``'share'``, ``'masked_input'``, ``'consistency'``,
+            ``'unmask'``) -> clients that drop just before sending their reply in that stage. A client
+            that drops before ``masked_input`` is not in the sum; one that drops later is (it uploaded).
+        identities: each client's long-term identity key (default: fresh ones for this call).
+        protections: the defences in force (all on by default).
 
     Returns:
         :class:`SecAggResult` with ``total`` (same shape as the inputs, float64) over
@@ -61,8 +68,11 @@ def secure_sum(
         drops[stage] |= set(who)
 
     length = int(np.prod(shape, dtype=np.int64))
-    server = SecAggServer(config, ids, seed, vector_length=length)
-    clients = {c: SecAggClient(config, c, vectors[c], rounding_seed=seed) for c in ids}
+    identities = identities if identities is not None else generate_identities(ids)
+    directory = directory_of(identities)
+    server = SecAggServer(config, ids, seed, vector_length=length, protections=protections)
+    clients = {c: SecAggClient(config, c, vectors[c], identity=identities[c], directory=directory,
+                               rounding_seed=seed, protections=protections) for c in ids}
 
     setup = server.setup_request()
     replies = [clients[c].advertise_keys(setup) for c in ids if c not in drops["advertise"]]
@@ -71,6 +81,8 @@ def secure_sum(
     requests = server.collect_shares(replies)
     replies = [clients[c].masked_input(req) for c, req in requests.items() if c not in drops["masked_input"]]
     requests = server.collect_masked_inputs(replies)
+    replies = [clients[c].consistency(req) for c, req in requests.items() if c not in drops["consistency"]]
+    requests = server.collect_consistency(replies)
     replies = [clients[c].unmask(req) for c, req in requests.items() if c not in drops["unmask"]]
     result = server.collect_unmask(replies)
     result.total = result.total.reshape(shape)

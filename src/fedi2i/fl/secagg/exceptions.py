@@ -22,4 +22,11 @@ class ProtocolViolation(SecAggAbort):
     """
 
 
-__all__ = ["SecAggAbort", "ShareAuthenticationError", "ProtocolViolation"]
+class InconsistentView(ProtocolViolation):
+    """Clients were shown different survivor sets (or a forged signature): the consistency round failed.
+
+    Raised by a client before it reveals any share, so the round aborts without unmasking anyone.
+    """
+
+
+__all__ = ["InconsistentView", "SecAggAbort", "ShareAuthenticationError", "ProtocolViolation"]

@@ -6,24 +6,28 @@ Flower ``ConfigRecord`` / ``ArrayRecord`` can carry that dict unchanged.
 
 Stages (server -> client request, client -> server reply):
 
-=============  ==========================  ======================
+=============  ==========================  =============================
 stage          request                     reply
-=============  ==========================  ======================
+=============  ==========================  =============================
 advertise      :class:`SetupRequest`        :class:`AdvertiseKeys`
 share          :class:`ShareKeysRequest`    :class:`ShareKeysReply`
 masked_input   :class:`MaskedInputRequest`  :class:`MaskedInput`
+consistency    :class:`ConsistencyRequest`  :class:`ConsistencySignature`
 unmask         :class:`UnmaskRequest`       :class:`UnmaskReply`
-=============  ==========================  ======================
+=============  ==========================  =============================
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 import numpy as np
 
-STAGES = ("advertise", "share", "masked_input", "unmask")
+from .identity import frame
+
+STAGES = ("advertise", "share", "masked_input", "consistency", "unmask")
 
 
 class _Message:
@@ -95,24 +99,40 @@ class SetupRequest(_Message):
     quant_bits: int
     vector_length: int  # -1 if the server does not know it yet
 
+    def digest(self) -> bytes:
+        """Hash of every field: clients sign it with their keys, so they all agree on one set-up."""
+        parts = [self.round_id, "\x00".join(self.client_ids).encode(), self.graph_seed]
+        parts += [repr(v).encode() for v in (self.degree, self.threshold, float(self.clip), self.modulus_bits,
+                                             self.quant_bits, self.vector_length)]
+        return hashlib.sha256(frame(b"fedi2i/secagg/v1/setup", *parts)).digest()
+
 
 @dataclass(frozen=True)
 class AdvertiseKeys(_Message):
+    """Two fresh X25519 keys and the self-mask commitment, signed with the centre's identity key."""
+
     stage: ClassVar[str] = "advertise"
     kind: ClassVar[str] = "secagg.advertise_keys"
     client_id: str
     c_public: bytes  # X25519, share encryption
     s_public: bytes  # X25519, pairwise masks
+    b_commit: bytes  # SHA-256 commitment to the self-mask seed b_u
+    signature: bytes  # Ed25519 over (set-up digest, id, keys, commitment)
 
 
 @dataclass(frozen=True)
 class ShareKeysRequest(_Message):
-    """To one client: the public keys of its neighbours that advertised (itself included)."""
+    """To every client: the signed advertisements of all clients that advertised (U1).
+
+    A client verifies each signature, derives the SecAgg+ graph from the keys and keeps its neighbours'.
+    """
 
     stage: ClassVar[str] = "share"
     kind: ClassVar[str] = "secagg.share_keys_request"
     c_publics: dict[str, bytes]
     s_publics: dict[str, bytes]
+    b_commits: dict[str, bytes]
+    signatures: dict[str, bytes]
 
 
 @dataclass(frozen=True)
@@ -143,13 +163,34 @@ class MaskedInput(_Message):
 
 
 @dataclass(frozen=True)
+class ConsistencyRequest(_Message):
+    """To every survivor: the survivor set U3 (clients whose masked input the server holds), to sign."""
+
+    stage: ClassVar[str] = "consistency"
+    kind: ClassVar[str] = "secagg.consistency_request"
+    survivors: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ConsistencySignature(_Message):
+    """A survivor's Ed25519 signature of (set-up digest, U3)."""
+
+    stage: ClassVar[str] = "consistency"
+    kind: ClassVar[str] = "secagg.consistency_signature"
+    client_id: str
+    signature: bytes
+
+
+@dataclass(frozen=True)
 class UnmaskRequest(_Message):
-    """To one survivor: which of its neighbours survived and which dropped after sharing."""
+    """To one survivor: which of its neighbours survived and which dropped after sharing, and the
+    survivors' signatures of U3 (the client checks the lists against the U3 it signed)."""
 
     stage: ClassVar[str] = "unmask"
     kind: ClassVar[str] = "secagg.unmask_request"
     survivors: tuple[str, ...]
     dropped: tuple[str, ...]
+    signatures: dict[str, bytes] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -163,8 +204,8 @@ class UnmaskReply(_Message):
     s_shares: dict[str, bytes]
 
 
-REQUESTS = (SetupRequest, ShareKeysRequest, MaskedInputRequest, UnmaskRequest)
-REPLIES = (AdvertiseKeys, ShareKeysReply, MaskedInput, UnmaskReply)
+REQUESTS = (SetupRequest, ShareKeysRequest, MaskedInputRequest, ConsistencyRequest, UnmaskRequest)
+REPLIES = (AdvertiseKeys, ShareKeysReply, MaskedInput, ConsistencySignature, UnmaskReply)
 _BY_KIND = {cls.kind: cls for cls in REQUESTS + REPLIES}
 
 

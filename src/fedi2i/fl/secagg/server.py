@@ -5,10 +5,17 @@ The server routes messages and computes the output; it never sees an unmasked in
 have dropped out) and returns the requests of the next stage, keyed by client id.
 
 Sets, as in Bonawitz et al.: ``U1`` advertised keys, ``U2`` shared keys, ``U3`` uploaded a
-masked input (the survivors, whose inputs are in the sum), ``U4`` answered the unmask request.
-With a threshold ``t`` (relative to a neighbourhood of ``degree + 1`` clients) the round aborts
-with :class:`~fedi2i.errors.SecAggAbort` as soon as some client's neighbourhood among the
-current set falls below ``t``, or a secret cannot be reconstructed from ``U4``'s shares.
+masked input (the survivors, whose inputs are in the sum), ``U4`` signed ``U3`` in the
+consistency round, ``U5`` answered the unmask request. With a threshold ``t`` (relative to a
+neighbourhood of ``degree + 1`` clients) the round aborts with :class:`~fedi2i.errors.SecAggAbort`
+as soon as some client's neighbourhood among the current set falls below ``t``, or a secret
+cannot be reconstructed from the shares.
+
+The server relays the clients' signed advertisements and survivor-set signatures; the clients check
+them (the server is the party they defend against). What the server checks itself defends the sum
+against a malicious client: every secret is rebuilt from all shares that arrived and checked against
+the others and against its signed commitment, and the unmasked sum must lie in ``[0, n_s (2^k - 1)]``
+(a client that wraps its upload, e.g. adds ``2^31``, is caught).
 """
 
 from __future__ import annotations
@@ -21,12 +28,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import shamir
-from .config import SecAggConfig
+from .config import Protections, SecAggConfig
 from .crypto import INFO_MASK, KEY_BYTES, KeyPair, agree, apply_masks
 from .exceptions import ProtocolViolation, SecAggAbort
 from .graph import neighbourhood_graph
+from .identity import SIGNATURE_BYTES, graph_seed_from_keys, self_mask_commitment
 from .messages import (
     AdvertiseKeys,
+    ConsistencyRequest,
+    ConsistencySignature,
     MaskedInput,
     MaskedInputRequest,
     SetupRequest,
@@ -60,7 +70,11 @@ class SecAggResult:
     dropped: dict[str, list[str]] = field(default_factory=dict)  # stage -> ids that dropped there
 
 
-def graph_seed_from(seed: int) -> bytes:
+def graph_seed_from(seed: int | None) -> bytes:
+    """The graph seed a server proposes in its set-up (fresh if ``seed`` is None). Protected clients
+    ignore it and derive the graph from the round's keys."""
+    if seed is None:
+        return os.urandom(32)
     return hashlib.sha256(b"fedi2i/secagg/v1/graph\x00" + int(seed).to_bytes(16, "little", signed=True)).digest()
 
 
@@ -70,19 +84,22 @@ class SecAggServer:
     Args:
         config: secure aggregation settings.
         client_ids: the clients selected for the round.
-        seed: drives the neighbourhood graph (broadcast as a 32-byte graph seed).
+        seed: the graph seed the server proposes (``None``: fresh). With the default protections the
+            graph comes from the hash of every advertised key instead, so the seed does not matter.
         vector_length: number of values per input, if known (checked on upload).
         round_id: 16+ random bytes binding keys and ciphertexts to this round (default: fresh).
+        protections: the server-side checks (range check, share check) and how the graph seed is made.
     """
 
     def __init__(
         self,
         config: SecAggConfig,
         client_ids: Iterable[str],
-        seed: int,
+        seed: int | None = None,
         *,
         vector_length: int | None = None,
         round_id: bytes | None = None,
+        protections: Protections = Protections(),
     ) -> None:
         ids = sorted(set(client_ids))
         if not ids:
@@ -93,8 +110,9 @@ class SecAggServer:
         self.quant_bits = config.quant_bits_for(self.n)
         self.degree = config.neighbourhood_degree(self.n)
         self.threshold = config.threshold_count(self.degree + 1)
+        self.protections = protections
         self.graph_seed = graph_seed_from(seed)
-        self.graph = neighbourhood_graph(ids, self.degree, self.graph_seed)
+        self.graph = neighbourhood_graph(ids, self.degree, self.graph_seed)  # replaced once keys are in
         self.round_id = round_id if round_id is not None else os.urandom(16)
         self.slots = {cid: i + 1 for i, cid in enumerate(ids)}
         self.vector_length = vector_length
@@ -103,8 +121,12 @@ class SecAggServer:
         self.u2: set[str] = set()
         self.u3: set[str] = set()
         self.u4: set[str] = set()
+        self.u5: set[str] = set()
         self.c_publics: dict[str, bytes] = {}
         self.s_publics: dict[str, bytes] = {}
+        self.b_commits: dict[str, bytes] = {}
+        self.signatures: dict[str, bytes] = {}
+        self.survivor_signatures: dict[str, bytes] = {}
         self._ciphertexts: dict[str, dict[str, bytes]] = {}  # sender -> recipient -> blob
         self.masked_uploads: dict[str, np.ndarray] = {}
         self.upload_bytes: dict[str, int] = dict.fromkeys(ids, 0)
@@ -161,18 +183,24 @@ class SecAggServer:
         self._begin("advertise")
         got = self._accept(replies, AdvertiseKeys, set(self.client_ids), "advertise")
         for cid, r in got.items():
-            if len(r.c_public) != KEY_BYTES or len(r.s_public) != KEY_BYTES:
+            if len(r.c_public) != KEY_BYTES or len(r.s_public) != KEY_BYTES or len(r.b_commit) != KEY_BYTES:
                 raise ProtocolViolation(f"server: {cid} advertised keys that are not 32-byte X25519 keys")
+            if r.signature and len(r.signature) != SIGNATURE_BYTES:
+                raise ProtocolViolation(f"server: {cid} sent a signature that is not 64 bytes")
         self.u1 = set(got)
+        ids = sorted(self.u1)
+        self.c_publics = {cid: got[cid].c_public for cid in ids}
+        self.s_publics = {cid: got[cid].s_public for cid in ids}
+        self.b_commits = {cid: got[cid].b_commit for cid in ids}
+        self.signatures = {cid: got[cid].signature for cid in ids}
+        if self.protections.client_graph_seed:  # the clients derive the graph from the keys: so must we
+            adverts = {v: (self.c_publics[v], self.s_publics[v], self.b_commits[v]) for v in ids}
+            self.graph = neighbourhood_graph(self.client_ids, self.degree,
+                                             graph_seed_from_keys(self.setup_request().digest(), adverts))
         self._check_neighbourhoods(self.u1, self.u1, "advertise")
-        self.c_publics = {cid: r.c_public for cid, r in got.items()}
-        self.s_publics = {cid: r.s_public for cid, r in got.items()}
-        out = {}
-        for u in sorted(self.u1):
-            group = sorted((self.graph[u] | {u}) & self.u1)
-            out[u] = ShareKeysRequest({v: self.c_publics[v] for v in group}, {v: self.s_publics[v] for v in group})
+        request = ShareKeysRequest(self.c_publics, self.s_publics, self.b_commits, self.signatures)
         self.stage = "share"
-        return out
+        return dict.fromkeys(ids, request)
 
     # ------------------------------------------------------------------ stage 1
     def collect_shares(self, replies: Iterable[ShareKeysReply]) -> dict[str, MaskedInputRequest]:
@@ -195,7 +223,7 @@ class SecAggServer:
         return out
 
     # ------------------------------------------------------------------ stage 2
-    def collect_masked_inputs(self, replies: Iterable[MaskedInput]) -> dict[str, UnmaskRequest]:
+    def collect_masked_inputs(self, replies: Iterable[MaskedInput]) -> dict[str, ConsistencyRequest]:
         self._begin("masked_input")
         got = self._accept(replies, MaskedInput, self.u2, "masked_input")
         mod_mask = np.uint32((1 << self.config.modulus_bits) - 1) if self.config.modulus_bits < 32 else None
@@ -218,19 +246,34 @@ class SecAggServer:
         # must be recoverable from the survivors' shares
         needs_key = {v for v in dropped if self.graph[v] & self.u3}
         self._check_neighbourhoods(self.u3, self.u3 | needs_key, "masked_input")
+        request = ConsistencyRequest(tuple(sorted(self.u3)))
+        self.stage = "consistency"
+        return dict.fromkeys(sorted(self.u3), request)
+
+    # ------------------------------------------------------------------ stage 3
+    def collect_consistency(self, replies: Iterable[ConsistencySignature]) -> dict[str, UnmaskRequest]:
+        """Gather the survivors' signatures of U3 and forward them all with each unmask request."""
+        self._begin("consistency")
+        got = self._accept(replies, ConsistencySignature, self.u3, "consistency")
+        self.u4 = set(got)
+        self.survivor_signatures = {u: got[u].signature for u in sorted(got)}
+        dropped = self.u2 - self.u3
+        needs_key = {v for v in dropped if self.graph[v] & self.u3}
+        self._check_neighbourhoods(self.u4, self.u3 | needs_key, "consistency")
         out = {}
-        for u in sorted(self.u3):
+        for u in sorted(self.u4):
             peers = self.graph[u] & self.u2
-            out[u] = UnmaskRequest(tuple(sorted((peers & self.u3) | {u})), tuple(sorted(peers & dropped)))
+            out[u] = UnmaskRequest(tuple(sorted((peers & self.u3) | {u})), tuple(sorted(peers & dropped)),
+                                   self.survivor_signatures)
         self.stage = "unmask"
         return out
 
-    # ------------------------------------------------------------------ stage 3
+    # ------------------------------------------------------------------ stage 4
     def collect_unmask(self, replies: Iterable[UnmaskReply]) -> SecAggResult:
-        """Reconstruct the masks, remove them and return the dequantised sum."""
+        """Reconstruct the masks, remove them, check the sum's range and return the dequantised sum."""
         self._begin("unmask")
-        got = self._accept(replies, UnmaskReply, self.u3, "unmask")
-        self.u4 = set(got)
+        got = self._accept(replies, UnmaskReply, self.u4, "unmask")
+        self.u5 = set(got)
         t = self.threshold
         b_shares: dict[str, dict[int, int]] = {u: {} for u in self.u3}
         s_shares: dict[str, dict[int, int]] = {v: {} for v in self.u2 - self.u3}
@@ -253,7 +296,13 @@ class SecAggServer:
         keys: list[bytes] = []
         signs: list[int] = []
         for u in sorted(self.u3):
-            keys.append(self._reconstruct(b_shares[u], u, "self-mask seed"))
+            b_seed = self._reconstruct(b_shares[u], u, "self-mask seed")
+            if self.protections.share_check and self_mask_commitment(self.round_id, u, b_seed) != self.b_commits[u]:
+                raise SecAggAbort(
+                    f"secure aggregation aborted: the self-mask seed of {u} rebuilt from the shares of "
+                    f"{sorted(b_shares[u])} (slots) does not match {u}'s signed commitment: a share was corrupted"
+                )
+            keys.append(b_seed)
             signs.append(-1)
         for v in sorted(s_shares):
             partners = self.graph[v] & self.u3
@@ -283,6 +332,15 @@ class SecAggServer:
         if self.config.modulus_bits < 32:
             np.bitwise_and(total, np.uint32((1 << self.config.modulus_bits) - 1), out=total)
         survivors = sorted(self.u3)
+        if self.protections.range_check and total.size:
+            bound = self.config.sum_bound(len(survivors), self.n)
+            worst = int(total.argmax())
+            if int(total[worst]) > bound:
+                raise SecAggAbort(
+                    f"secure aggregation aborted: the unmasked sum leaves its range at coordinate {worst} "
+                    f"({int(total[worst])} > n_s (2^k - 1) = {bound} for {len(survivors)} survivors): a client "
+                    "uploaded values outside [0, 2^k - 1] (e.g. added 2^31 to wrap the ring); the round is discarded"
+                )
         value = dequantize_sum(total, len(survivors), self.config.clip, self.quant_bits)
         self.stage = "done"
         return SecAggResult(
@@ -296,7 +354,8 @@ class SecAggServer:
                 "advertise": sorted(set(self.client_ids) - self.u1),
                 "share": sorted(self.u1 - self.u2),
                 "masked_input": sorted(self.u2 - self.u3),
-                "unmask": sorted(self.u3 - self.u4),
+                "consistency": sorted(self.u3 - self.u4),
+                "unmask": sorted(self.u4 - self.u5),
             },
         )
 
@@ -307,6 +366,6 @@ class SecAggServer:
                 f"of {owner} arrived, fewer than the threshold t={self.threshold}"
             )
         try:
-            return shamir.combine(shares.items(), self.threshold, KEY_BYTES)
+            return shamir.combine(shares.items(), self.threshold, KEY_BYTES, check_all=self.protections.share_check)
         except ValueError as exc:
             raise SecAggAbort(f"secure aggregation aborted: {what} of {owner}: {exc}") from None
