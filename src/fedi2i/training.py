@@ -16,25 +16,20 @@ from typing import Any
 import torch
 
 from fedi2i import figures
-from fedi2i.config import Config, dump_config, load_config, result_fields
+from fedi2i.config import Config
 from fedi2i.data.federation import FederatedData, load_federation
 from fedi2i.data.slices import SliceSet
 from fedi2i.evaluate import GRIDS, by_role, evaluate_centres, evaluate_centres_native, predict
 from fedi2i.inference import MODEL_FILE, save_model
 from fedi2i.fl.client import LocalTrainer, UpdateTransform
-from fedi2i.errors import ConfigError, RunStateError
-from fedi2i.fl.engine import CHECKPOINT, FederatedEngine, FederatedRun, RoundCallback
-from fedi2i.fl.observer import RECORD_DIR
-from fedi2i.io import read_json, save_torch, write_json
+from fedi2i.fl.engine import FederatedEngine, FederatedRun, RoundCallback
+from fedi2i.io import save_torch, write_json
+from fedi2i.runfolder import prepare_run_dir
 from fedi2i.fl.server import RoundMonitor, build_aggregator
 
 log = logging.getLogger(__name__)
 
 CENTRALISED_ID = "ALL"
-RUN_FILE = "run.json"  # the fingerprint of what shapes the run's results
-# Everything a run writes; --fresh removes exactly these (never other files of the folder).
-RUN_OUTPUTS = (CHECKPOINT, RUN_FILE, "config.yaml", "history.json", "metrics.json", "model.pt", MODEL_FILE, "figures",
-               RECORD_DIR, "attacks")
 DataTransform = Callable[[SliceSet], SliceSet]
 
 
@@ -94,71 +89,6 @@ def final_evaluation(model: torch.nn.Module, data: FederatedData, config: Config
         records = {c: [data.records[p] for p in pids] for c, pids in data.split.test.items()}
         out["native_grid"] = by_role(evaluate_centres_native(model, records, data.grid, data.percentiles), *centres)
     return out
-
-
-def run_fingerprint(config: Config, centralised: bool) -> dict[str, Any]:
-    """The settings that shape a run's results, as flat dotted keys (what a resume must not change)."""
-    return {"mode": "centralised" if centralised else "federated", **result_fields(config)}
-
-
-def recorded_fingerprint(run_dir: Path) -> dict[str, Any] | None:
-    """The fingerprint an existing run folder was trained with (None: no run there)."""
-    path = run_dir / RUN_FILE
-    if path.exists():
-        payload = read_json(path)
-        if not isinstance(payload, dict) or not isinstance(payload.get("fingerprint"), dict):
-            raise RunStateError(f"{path} is not a fedi2i run file; delete it, or start the run over with --fresh")
-        return payload["fingerprint"]
-    if (run_dir / CHECKPOINT).exists() and (run_dir / "config.yaml").exists():  # a run from before run.json
-        try:
-            old = load_config(run_dir / "config.yaml")
-        except ConfigError as exc:
-            raise RunStateError(f"{run_dir / 'config.yaml'} no longer loads ({exc}); "
-                                "use another --out, or start over with --fresh") from None
-        metrics = run_dir / "metrics.json"
-        mode = read_json(metrics).get("mode", "federated") if metrics.exists() else "federated"
-        return run_fingerprint(old, mode == "centralised")
-    return None
-
-
-def check_resumable(run_dir: Path, fingerprint: dict[str, Any]) -> None:
-    """Refuse, before anything is written, to continue a run folder that holds a run of other settings."""
-    old = recorded_fingerprint(run_dir)
-    if old is None:
-        return
-    keys = sorted(set(old) & set(fingerprint))  # a setting added to fedi2i since is not a change
-    diffs = [f"{k}: {old[k]} -> {fingerprint[k]}" for k in keys if old[k] != fingerprint[k]]
-    if not diffs:
-        return
-    shown = "; ".join(diffs[:6]) + (f"; and {len(diffs) - 6} more" if len(diffs) > 6 else "")
-    raise RunStateError(f"{run_dir} holds a run with other settings ({shown}); pass another --out to keep it, "
-                        "or --fresh to replace it")
-
-
-def clear_run(run_dir: Path) -> None:
-    """Remove every output of an earlier run in ``run_dir`` (record rounds and attack results included)."""
-    import shutil
-
-    for name in RUN_OUTPUTS:
-        path = run_dir / name
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        elif path.exists() or path.is_symlink():
-            path.unlink()
-
-
-def prepare_run_dir(config: Config, run_dir: Path, centralised: bool, resume: bool) -> None:
-    """Check (resume) or clear (fresh) the folder, then write the run's fingerprint and config."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"--out {run_dir} is a file, not a folder; name a folder for the run")
-    fingerprint = run_fingerprint(config, centralised)
-    if resume:
-        check_resumable(run_dir, fingerprint)
-    elif run_dir.exists():
-        clear_run(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / RUN_FILE, {"fingerprint": fingerprint})
-    dump_config(config, run_dir / "config.yaml")
 
 
 def train(config: Config, run_dir: Path, data: FederatedData | None = None,

@@ -9,7 +9,6 @@ import typer
 from rich.table import Table
 
 from fedi2i.cli.app import check_out_folder, console, data_app, load_cli_config, setup_logging
-from fedi2i.data.federation import build_cached
 from fedi2i.data.geometry import ANISOTROPY_RATIO, OBLIQUE_DEG, anisotropy, obliquity_deg, orientation_code
 from fedi2i.data.synthrad import PatientVolumes, load_centre_mapping, load_patient, scan_dataset
 from fedi2i.errors import DataError
@@ -39,6 +38,8 @@ def build(
 
         marker = (out or default_dataset_dir(cfg.data, cfg.seed)) / COMPLETE
         marker.unlink(missing_ok=True)
+    from fedi2i.data.federation import build_cached  # torch loads only when a dataset is built
+
     built = build_cached(cfg.data, cfg.seed, out=out)
     if built.fallback:
         console.print(f"note: built the {built.source} dataset instead of {built.requested} (see the warning "

@@ -13,6 +13,7 @@ from fedi2i.cli.app import app, check_out_folder, console, load_cli_config, setu
 from fedi2i.cli.progress import round_progress
 from fedi2i.config import Config
 from fedi2i.errors import ConfigError
+from fedi2i.runfolder import check_resumable, run_fingerprint
 
 STRATEGIES = "fedavg|fedprox|fedmedian|trimmed|krum|multikrum|bulyan"
 
@@ -61,7 +62,9 @@ def train_command(
                           federation__record_rounds=parse_rounds(record_rounds),
                           secagg__enabled=secagg or None, dp__enabled=dp or None)
     out = out or default_run_dir(cfg, centralised)
-    from fedi2i.training import RunOptions, train  # torch and MONAI load only once the config is valid
+    if not fresh:  # refuse another config's run at once, before torch and MONAI load
+        check_resumable(out, run_fingerprint(cfg, centralised))
+    from fedi2i.training import RunOptions, train
 
     label = "centralised" if centralised else f"{cfg.federation.strategy}{' + secagg' if cfg.secagg.enabled else ''}"
     with round_progress(cfg.train.rounds, label, enabled=not quiet) as on_round:

@@ -26,10 +26,10 @@ from fedi2i.fl.client import ClientUpdate, LocalTrainer, round_lr
 from fedi2i.fl.params import ParamSpec
 from fedi2i.fl.server import Aggregator
 from fedi2i.io import load_torch, save_torch
+from fedi2i.runfolder import CHECKPOINT
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT = "checkpoint.pt"
 # Called after each round with (round_index, history entry) so a UI can show progress.
 RoundCallback = Callable[[int, dict[str, Any]], None]
 

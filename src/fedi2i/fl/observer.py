@@ -17,8 +17,8 @@ import torch
 from fedi2i.errors import RecordError
 from fedi2i.fl.params import ParamSpec
 from fedi2i.io import load_safetensors, read_json, save_safetensors, write_json
+from fedi2i.runfolder import RECORD_DIR
 
-RECORD_DIR = "record"
 RETRAIN = "retrain the run with --fresh (or delete the file to leave that round out)"
 
 
