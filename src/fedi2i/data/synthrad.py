@@ -20,7 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from fedi2i.data.geometry import make_image
-from fedi2i.errors import DataError
+from fedi2i.errors import ConfigError, DataError
 
 MODALITIES = ("mr", "ct", "mask")
 EXTENSIONS = (".nii.gz", ".nii", ".mha")
@@ -96,9 +96,19 @@ def load_centre_mapping(path: Path) -> dict[str, str]:
     path = Path(path)
     if not path.exists():
         raise DataError("centre mapping file not found", path=str(path))
-    text = path.read_text()
+    if path.is_dir():
+        raise ConfigError(f"centre mapping {path} is a folder; give a JSON or CSV file")
+    try:
+        text = path.read_text(encoding="utf-8")
+        raw = json.loads(text) if path.suffix == ".json" else None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"centre mapping {path} is not valid UTF-8 JSON ({exc}); write it as "
+                          '{"patient ID": "centre", ...}') from None
     if path.suffix == ".json":
-        return {str(k): str(v) for k, v in json.loads(text).items()}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"centre mapping {path} holds a {type(raw).__name__}, not an object; write it as "
+                              '{"patient ID": "centre", ...}')
+        return {str(k): str(v) for k, v in raw.items()}
     mapping: dict[str, str] = {}
     for line in text.splitlines():
         parts = [p.strip() for p in line.split(",")]
