@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import yaml
 
 from fedi2i.audit import html as H
+from fedi2i.audit.defence_checks import defence_section_html
 from fedi2i.audit.findings import (Comparison, Threat, membership_aucs, quality, summarise, unusable_numbers)
 from fedi2i.audit.plan import AuditCell
 from fedi2i.audit.schema import AuditResults, finite_json
@@ -273,6 +274,7 @@ SECTIONS: list[tuple[str, Callable[[ReportInputs], str]]] = [
     ("gradient inversion", _section_inversion),
     ("poisoning", _section_poison),
     ("honest-majority assumptions", _section_guarantees),
+    ("is the defence implemented right?", lambda r: defence_section_html(r.config)),
     ("cells without usable numbers", _section_unusable),
     ("failed cells", _section_failed),
     ("configuration", _section_config),

@@ -28,11 +28,26 @@ def neighbourhood_graph(
         return {cid: everyone - {cid} for cid in ids}
     if degree % 2:
         raise ValueError(f"a Harary neighbourhood graph needs an even degree, got {degree}")
-    rng = np.random.default_rng(np.frombuffer(graph_seed, dtype=np.uint32).tolist())
-    order = [ids[i] for i in rng.permutation(n)]
+    order = _ring_order(ids, graph_seed)
     half = degree // 2
     graph: dict[str, frozenset[str]] = {}
     for pos, cid in enumerate(order):
         peers = {order[(pos + off) % n] for off in range(-half, half + 1) if off}
         graph[cid] = frozenset(peers)
     return graph
+
+
+def _ring_order(ids: list[str], graph_seed: bytes) -> list[str]:
+    rng = np.random.default_rng(np.frombuffer(graph_seed, dtype=np.uint32).tolist())
+    return [ids[i] for i in rng.permutation(len(ids))]
+
+
+def neighbours_of(client_ids: Sequence[str], degree: int, graph_seed: bytes, cid: str) -> frozenset[str]:
+    """One client's neighbours in :func:`neighbourhood_graph` (cheaper when only one is needed)."""
+    ids = list(client_ids)
+    n = len(ids)
+    if degree >= n - 1:
+        return frozenset(ids) - {cid}
+    order = _ring_order(ids, graph_seed)
+    pos, half = order.index(cid), degree // 2
+    return frozenset(order[(pos + off) % n] for off in range(-half, half + 1) if off)
