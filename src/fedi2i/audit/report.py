@@ -23,7 +23,6 @@ from typing import Any, TypeVar
 import yaml
 
 from fedi2i.audit import html as H
-from fedi2i.audit.defence_checks import defence_section_html
 from fedi2i.audit.findings import (Comparison, Threat, membership_aucs, quality, summarise, unusable_numbers)
 from fedi2i.audit.plan import AuditCell
 from fedi2i.audit.schema import AuditResults, finite_json
@@ -264,6 +263,12 @@ def _section_config(r: ReportInputs) -> str:
             + H.table(["package", "version"], sorted(versions().items())))
 
 
+def _defence_checks():  # noqa: ANN202 - imported when the section is built (it runs the SecAgg/DP code)
+    from fedi2i.audit import defence_checks
+
+    return defence_checks
+
+
 # (name, builder) in page order; a failing builder is replaced by a note naming it
 SECTIONS: list[tuple[str, Callable[[ReportInputs], str]]] = [
     ("header", _section_header),
@@ -274,7 +279,7 @@ SECTIONS: list[tuple[str, Callable[[ReportInputs], str]]] = [
     ("gradient inversion", _section_inversion),
     ("poisoning", _section_poison),
     ("honest-majority assumptions", _section_guarantees),
-    ("is the defence implemented right?", lambda r: defence_section_html(r.config)),
+    ("is the defence implemented right?", lambda r: _defence_checks().defence_section_html(r.config)),
     ("cells without usable numbers", _section_unusable),
     ("failed cells", _section_failed),
     ("configuration", _section_config),
