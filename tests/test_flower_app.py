@@ -34,8 +34,8 @@ from fedi2i.fl.flower.nodedata import load_centre  # noqa: E402
 from fedi2i.fl.flower.rounds import ServerRounds  # noqa: E402
 from fedi2i.fl.flower.state import dump_client, load_client  # noqa: E402
 from fedi2i.fl.observer import ServerRecord  # noqa: E402
-from fedi2i.fl.secagg import (SecAggClient, SecAggConfig, SecAggServer, directory_of,  # noqa: E402
-                               generate_identities, secure_sum)
+from fedi2i.fl.secagg import (ProtocolViolation, SecAggClient, SecAggConfig, SecAggServer,  # noqa: E402
+                               directory_of, generate_identities, secure_sum)
 from fedi2i.fl.secagg.identity import KEYS_FILE, write_identities  # noqa: E402
 from fedi2i.training import RunOptions, train  # noqa: E402
 
@@ -243,3 +243,61 @@ def test_importing_fedi2i_does_not_import_flwr() -> None:
             "print('flwr' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# ------------------------------------------------------------------ SecAgg node: identity and refusals
+def _secagg_node(tmp_path: Path, tiny_config: Config):
+    """Three centres' clients up to the unmask stage, with identity keys from files as nodes hold them;
+    returns the unmask requests, node A's Context (its client in the node state) and A's client."""
+    from fedi2i.fl.secagg.identity import load_directory, load_identity
+
+    keys = _keys(tmp_path / "keys")
+    directory = load_directory(keys / KEYS_FILE)
+    cfg = SecAggConfig(enabled=True)
+    server = SecAggServer(cfg, CENTRES, vector_length=16)
+    clients = {c: SecAggClient(cfg, c, np.zeros(16), identity=load_identity(keys / f"{c}.key"), directory=directory)
+               for c in CENTRES}
+    req = server.collect_advertise([clients[c].advertise_keys(server.setup_request()) for c in CENTRES])
+    req = server.collect_shares([clients[c].share_keys(r) for c, r in req.items()])
+    req = server.collect_masked_inputs([clients[c].masked_input(r) for c, r in req.items()])
+    req = server.collect_consistency([clients[c].consistency(r) for c, r in req.items()])
+    node_config = {P.NODE_CENTRE: "A", P.NODE_DATA: str(tmp_path), P.NODE_IDENTITY: str(keys / "A.key"),
+                   P.NODE_FEDERATION_KEYS: str(keys / KEYS_FILE)}
+    rc = {P.RUN_CONFIG_YAML: yaml.safe_dump(tiny_config.model_dump(mode="json"))}
+    state = RecordDict({P.STATE_CLIENT: ConfigRecord({"data": dump_client(clients["A"])})})
+    return req, Context(1, 7, node_config, state, rc), clients["A"]
+
+
+def _unmask_message(request) -> Message:
+    return _message(P.SECAGG_UNMASK, RecordDict(secagg_records(request, P.REC_SECAGG)))
+
+
+def test_node_refusal_at_unmask_is_persisted(tmp_path: Path, tiny_config: Config) -> None:
+    req, ctx, client_a = _secagg_node(tmp_path, tiny_config)
+    honest = req["A"]
+    greedy = dataclasses.replace(honest, survivors=("A", "C"), dropped=("B",))  # B is alive: asks for its key
+    before = bytes(ctx.state[P.STATE_CLIENT]["data"])
+    with pytest.raises(ProtocolViolation, match="signed survivor set gives"):
+        clientapp.secagg_unmask(_unmask_message(greedy), ctx)
+    # the refusal is in the node state: the honest-looking second request is refused too
+    with pytest.raises(ProtocolViolation, match="expecting 'aborted'"):
+        clientapp.secagg_unmask(_unmask_message(honest), ctx)
+    # without the stored refusal (the state from before it) the node would have answered the second request
+    again = load_client(before, client_a.identity)
+    assert set(again.unmask(honest).b_shares) == set(CENTRES)
+
+
+def test_node_needs_its_own_identity_key_and_the_listed_keys(tmp_path: Path, tiny_config: Config) -> None:
+    node = clientapp.NodeSettings.from_node_config({P.NODE_CENTRE: "A", P.NODE_DATA: str(tmp_path)})
+    with pytest.raises(ConfigError, match="identity-key"):
+        node.identity()
+    with pytest.raises(ConfigError, match="federation-keys"):
+        node.directory(tiny_config)
+    keys = _keys(tmp_path / "keys")
+    node = dataclasses.replace(node, identity_key=keys / "A.key", federation_keys=keys / KEYS_FILE)
+    assert node.directory(tiny_config)["A"] == node.identity().public_bytes
+    # a run config (written by the server) that lists another key for B is refused
+    other = generate_identities(["B"])["B"].public_bytes.hex()
+    swapped = tiny_config.model_copy(update={"secagg": tiny_config.secagg.model_copy(update={"identity_keys": {"B": other}})})
+    with pytest.raises(ConfigError, match="substituting keys"):
+        node.directory(swapped)

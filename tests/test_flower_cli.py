@@ -48,3 +48,17 @@ def test_flower_local_without_flwr_says_how_to_install(monkeypatch: pytest.Monke
     result = runner.invoke(app, ["flower", "local", "-c", "tiny"])
     assert result.exit_code == 2
     assert "pip install fedi2i[flower]" in " ".join(result.output.split())  # rich wraps long lines
+
+
+def test_flower_keys_writes_each_centres_identity_and_the_key_list(tmp_path: Path) -> None:
+    from tests.cli_harness import EXIT_USAGE, assert_clear_error, run_cli
+
+    out = tmp_path / "identity"
+    result = run_cli("flower", "keys", "A", "B", "--out", out)
+    assert result.code == 0, result.output
+    assert "federation-keys.yaml" in result.output
+    listed = yaml.safe_load((out / "federation-keys.yaml").read_text())
+    assert sorted(listed) == ["A", "B"] and all(len(k) == 64 for k in listed.values())
+    assert (out / "A.key").read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
+    again = run_cli("flower", "keys", "A", "--out", out)  # a centre's key is never replaced silently
+    assert_clear_error(again, EXIT_USAGE, "A.key")

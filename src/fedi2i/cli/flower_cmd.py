@@ -138,4 +138,18 @@ def local_command(
                   "process was stopped", markup=False)
 
 
+@flower_app.command("keys")
+def keys_command(
+    centres: list[str] = typer.Argument(..., help="Centre ids, e.g. A B C D."),
+    out: Path = typer.Option(Path("identity"), help="Folder for <centre>.key and federation-keys.yaml."),
+) -> None:
+    """Create each centre's SecAgg identity key (Ed25519) and the federation's list of public keys."""
+    from fedi2i.fl.secagg.identity import KEYS_FILE, write_identities
+
+    public = write_identities(out, centres)
+    console.print(f"wrote {', '.join(f'{c}.key' for c in public)} and {KEYS_FILE} in {out}", markup=False)
+    console.print(f"give each centre its own .key file (--node-config identity-key=...), and every centre a copy "
+                  f"of {KEYS_FILE} (federation-keys=...)", markup=False)
+
+
 app.add_typer(flower_app, name="flower")
