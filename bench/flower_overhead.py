@@ -43,6 +43,14 @@ def engine_rounds(cfg, data, out: Path) -> list[float]:
 
 def inprocess_rounds(cfg, root: Path, out: Path) -> list[float]:
     nodes = {i + 1: {P.NODE_CENTRE: c, P.NODE_DATA: str(root)} for i, c in enumerate(cfg.data.train_centres)}
+    if cfg.secagg.enabled:  # each node signs with its own identity key
+        from fedi2i.fl.secagg.identity import KEYS_FILE, write_identities
+
+        keys = out / "identity"
+        if not (keys / KEYS_FILE).exists():
+            write_identities(keys, cfg.data.train_centres)
+        for i, c in enumerate(cfg.data.train_centres):
+            nodes[i + 1].update({P.NODE_IDENTITY: str(keys / f"{c}.key"), P.NODE_FEDERATION_KEYS: str(keys / KEYS_FILE)})
     transport = InProcessTransport(nodes, {P.RUN_CONFIG_YAML: yaml.safe_dump(cfg.model_dump(mode="json"))})
     return [h["round_seconds"] for h in ServerRounds(cfg, out, transport, poll=0.0).run().history]
 
