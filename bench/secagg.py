@@ -5,9 +5,16 @@ Run: ``python bench/secagg.py`` (add ``--quick`` for a smaller, faster run).
 What is timed (one round, all stages, every client and the server, one process, one thread):
 
 * **fedi2i**: the real protocol objects (:class:`SecAggClient`, :class:`SecAggServer`) driven
-  stage by stage exactly as :func:`fedi2i.fl.secagg.secure_sum` does: X25519 key pairs,
-  Shamir sharing of ``b_u`` and the masking key, AES-GCM share transport, quantisation +
-  ChaCha20 masks (self mask and one per peer), then the server's unmasking and dequantisation.
+  stage by stage exactly as :func:`fedi2i.fl.secagg.secure_sum` does, with every defence against
+  an actively malicious server on: X25519 key pairs signed with each centre's Ed25519 identity key
+  (every client verifies every advertisement), Shamir sharing of ``b_u`` and the masking key,
+  AES-GCM share transport, quantisation + ChaCha20 masks (self mask and one per peer), the
+  consistency round (each survivor signs the survivor set; each verifies the others' signatures
+  before it reveals a share), then the server's unmasking (every share checked, the self-mask seed
+  against its commitment), range check and dequantisation. The identity keys are long-term (made
+  once per federation), so their generation is not timed. The added cost of the consistency round
+  and of the signature checks is printed: the round is also run with signature checks and the
+  consistency round switched off (:class:`~fedi2i.fl.secagg.Protections`).
 * **Flower 1.42**: the same round built from Flower's own SecAgg+ building blocks in
   ``flwr.common.secure_aggregation`` and ``flwr.supercore.primitives.asymmetric``, following
   the client mod ``secaggplus_mod`` (``_setup``, ``_share_keys``, ``_collect_masked_vectors``,
@@ -48,7 +55,16 @@ from collections import defaultdict
 
 import numpy as np
 
-from fedi2i.fl.secagg import SecAggClient, SecAggConfig, SecAggServer, suggested_neighbours
+from fedi2i.fl.secagg import (
+    Protections,
+    SecAggClient,
+    SecAggConfig,
+    SecAggServer,
+    directory_of,
+    generate_identities,
+    suggested_neighbours,
+)
+from fedi2i.fl.secagg.messages import UnmaskRequest
 
 try:  # Flower is an optional extra
     from flwr.common.secure_aggregation.crypto.shamir import combine_shares, create_shares
@@ -110,15 +126,22 @@ class Timer:
 
 
 # --------------------------------------------------------------------------- fedi2i
-def ours_round(vectors: dict[str, np.ndarray], cfg: SecAggConfig, seed: int = 0):
+UNHARDENED = Protections(signatures=False, consistency_round=False)
+"""Signature checks and the consistency round off: only to print what they add."""
+
+
+def ours_round(vectors: dict[str, np.ndarray], cfg: SecAggConfig, protections: Protections = Protections()):
     """One fedi2i round; returns (timings, result). Same calls as ``secure_sum``."""
     tm = Timer()
     ids = sorted(vectors)
+    identities = generate_identities(ids)  # long-term keys, made once per federation: not timed
+    directory = directory_of(identities)
     with tm("server"):
-        server = SecAggServer(cfg, ids, seed, vector_length=next(iter(vectors.values())).size)
+        server = SecAggServer(cfg, ids, vector_length=next(iter(vectors.values())).size, protections=protections)
         setup = server.setup_request()
     with tm("client_keys"):
-        clients = {c: SecAggClient(cfg, c, vectors[c], rounding_seed=seed) for c in ids}
+        clients = {c: SecAggClient(cfg, c, vectors[c], identity=identities[c], directory=directory,
+                                   protections=protections) for c in ids}
         replies = [clients[c].advertise_keys(setup) for c in ids]
     with tm("server"):
         req = server.collect_advertise(replies)
@@ -130,6 +153,14 @@ def ours_round(vectors: dict[str, np.ndarray], cfg: SecAggConfig, seed: int = 0)
         replies = [clients[c].masked_input(r) for c, r in req.items()]
     with tm("server"):
         req = server.collect_masked_inputs(replies)
+    if protections.consistency_round:
+        with tm("client_check"):
+            replies = [clients[c].consistency(r) for c, r in req.items()]
+        with tm("server_check"):
+            req = server.collect_consistency(replies)
+    else:  # the requests the server sent before the consistency round existed
+        server.stage, server.u4 = "unmask", set(server.u3)
+        req = {u: UnmaskRequest(tuple(sorted(server.graph[u] & server.u3 | {u})), ()) for u in sorted(server.u3)}
     with tm("client_unmask"):
         replies = [clients[c].unmask(r) for c, r in req.items()]
     with tm("server"):
@@ -248,11 +279,13 @@ def flower_round(
 
 
 # --------------------------------------------------------------------------- report
-STAGES = ["client_keys", "client_mask", "client_unmask", "server"]
+STAGES = ["client_keys", "client_mask", "client_check", "client_unmask", "server_check", "server"]
 LABELS = {
-    "client_keys": "keys + share (clients)",
+    "client_keys": "signed keys + share (clients)",
     "client_mask": "masking (clients)",
+    "client_check": "consistency round (clients)",
     "client_unmask": "unmask reply (clients)",
+    "server_check": "consistency round (server)",
     "server": "server (sum + unmask)",
 }
 
@@ -267,6 +300,7 @@ def compare(n_clients: int, length: int, repeats: int, rng: np.random.Generator)
     true = np.sum([v.astype(np.float64) for v in vectors.values()], axis=0)
     cfg = SecAggConfig(enabled=True)
     ours_runs: list[Timer] = []
+    bare_runs: list[Timer] = []
     fl_runs: list[Timer] = []
     res = fl_mean = None
     fl_up: dict[str, int] = {}
@@ -274,12 +308,15 @@ def compare(n_clients: int, length: int, repeats: int, rng: np.random.Generator)
         gc.collect()
         tm, res = ours_round(vectors, cfg)
         ours_runs.append(tm)
+        gc.collect()
+        bare_runs.append(ours_round(vectors, cfg, UNHARDENED)[0])
         if HAVE_FLWR:
             gc.collect()
             tm, fl_mean, fl_up = flower_round(vectors)
             fl_runs.append(tm)
     assert res is not None
     o = _best(ours_runs)
+    bare = _best(bare_runs)
     f = _best(fl_runs) if fl_runs else None
     err = float(np.abs(res.total - true).max())
     ours_bpp = float(np.mean(list(res.upload_bytes.values()))) / length
@@ -294,7 +331,12 @@ def compare(n_clients: int, length: int, repeats: int, rng: np.random.Generator)
         print(line)
     tot_o, wall_o = sum(o.t.values()), sum(o.wall.values())
     vec_o = o.t["client_mask"] + o.t["server"]
-    out = {"ours_cpu": tot_o, "ours_bpp": ours_bpp}
+    check = o.t["client_check"] + o.t["server_check"]
+    added = tot_o - sum(bare.t.values())
+    print(f"added by the active-server defences: consistency round {1e3 * check:.1f} ms CPU; signatures and the "
+          f"consistency round together {1e3 * added:+.1f} ms ({100 * added / tot_o:+.1f}% of the round; "
+          f"{1e3 * added / n_clients:+.2f} ms per client)")
+    out = {"ours_cpu": tot_o, "ours_bpp": ours_bpp, "added_cpu": added, "check_cpu": check}
     if f is None:
         print(f"{'TOTAL per round':30s}{1e3 * tot_o:10.1f}")
         print("(flwr not installed: Flower side skipped; pip install 'fedi2i[flower]')")

@@ -17,5 +17,6 @@ def test_bench_runs_on_tiny_vectors(capsys):
     out = capsys.readouterr().out
     assert "upload bytes per parameter: fedi2i" in out
     assert "SecAgg+ scaling" in out
+    assert "added by the active-server defences: consistency round" in out
     if mod.HAVE_FLWR:
         assert "ratio flower_time / ours" in out
