@@ -1,0 +1,109 @@
+"""Which training recipe learns bone fastest on a CPU: unseen-centre quality per CPU-minute.
+
+Each option is a set of config overrides on the quick preset (64x64 slices of the built-in heads, the
+160k-parameter U-Net). Every option trains centralised (one client holding every training slice) and
+FedAvg (one client per centre) for the same number of epochs, one torch thread, and is scored on the
+unseen centre: whole-mask MAE, bone MAE (CT > 250 HU) and bone Dice (fedi2i.tissue_metrics). CPU-minutes
+are the process's CPU time for the run (training plus the final evaluation), which a busy machine does
+not inflate the way wall time is.
+
+    python bench/recipe.py                          # the table in docs/recipe.md (slow: ~1 h on one core)
+    python bench/recipe.py --options base,recipe --epochs 15 --runs fedavg
+    python bench/recipe.py --list
+
+Results are also appended as JSON lines to --jsonl, so a long table can be built in pieces.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedi2i.config import load_config
+from fedi2i.data.federation import load_federation
+from fedi2i.training import RunOptions, train
+
+_WEIGHTED = {"train.bone_weight": 3.0, "train.background_weight": 0.1}
+
+# option name -> overrides on the quick preset's original recipe (Adam 3e-3, cosine, batch 16, plain L1)
+BASE: dict[str, Any] = {"train.lr": 0.003, "train.lr_schedule": "cosine", "train.batch_size": 16,
+                        "train.bone_weight": 1.0, "train.background_weight": 1.0, "train.edge_weight": 0.0,
+                        "train.augment": [], "train.optimizer": "adam", "model.norm": "batch",
+                        "model.num_res_units": 0}
+OPTIONS: dict[str, dict[str, Any]] = {
+    "base": {},
+    "batch8": {"train.batch_size": 8},
+    "batch4": {"train.batch_size": 4},
+    "body-l1": {"train.background_weight": 0.1},
+    "bone-weight3": _WEIGHTED,
+    "bone-weight3-edge": {**_WEIGHTED, "train.edge_weight": 1.0},
+    "onecycle": {"train.lr_schedule": "onecycle"},
+    "onecycle-lr0.01": {"train.lr_schedule": "onecycle", "train.lr": 0.01},
+    "adamw-wd1e-4": {"train.optimizer": "adamw", "train.weight_decay": 1e-4},
+    "sgd-momentum": {"train.optimizer": "sgd", "train.momentum": 0.9, "train.lr": 0.05},
+    "group-norm": {"model.norm": "group"},
+    "instance-norm": {"model.norm": "instance"},
+    "res-units1": {"model.num_res_units": 1},
+    "augment": {"train.augment": ["flip", "gamma"]},
+    "stride2": {"data.slice_stride": 2},
+    "channels-last": {"train.channels_last": True},
+    "recipe": {"train.batch_size": 4, **_WEIGHTED, "train.lr_schedule": "onecycle",
+               "train.augment": ["flip", "gamma"]},
+}
+
+
+def run_one(option: str, mode: str, epochs: int, out: Path, preset: str) -> dict[str, Any]:
+    """Train one option in one mode and return its unseen-centre scores and CPU time."""
+    torch.set_num_threads(1)
+    overrides = {**BASE, **OPTIONS[option], "train.rounds": epochs, "train.threads": 1,
+                 "federation.record_rounds": "none", "federation.eval_every": 0}
+    cfg = load_config(preset, overrides)
+    data = load_federation(cfg.data, cfg.seed, progress=False)
+    cpu, wall = time.process_time(), time.perf_counter()
+    result = train(cfg, out / f"{option}-{mode}", data, RunOptions(centralised=mode == "centralised", resume=False))
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    unseen = next(iter(result.metrics["unseen"].values()))
+    return {"option": option, "mode": mode, "epochs": epochs, "mae": unseen["mae"], "ssim": unseen["ssim"],
+            "mae_bone": unseen["mae_bone"], "mae_soft": unseen["mae_soft"], "mae_air": unseen["mae_air"],
+            "dice_bone": unseen["dice_bone"], "cpu_min": cpu / 60, "wall_min": wall / 60}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--options", default=",".join(OPTIONS), help="comma-separated option names")
+    parser.add_argument("--runs", default="centralised,fedavg")
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--preset", default="quick")
+    parser.add_argument("--jsonl", type=Path, default=None, help="append each result here as one JSON line")
+    parser.add_argument("--list", action="store_true", help="print the options and their overrides")
+    args = parser.parse_args()
+    if args.list:
+        for name, over in OPTIONS.items():
+            print(f"{name:20s} {over}")
+        return
+    names = [n for n in args.options.split(",") if n]
+    unknown = sorted(set(names) - set(OPTIONS))
+    if unknown:
+        parser.error(f"unknown option(s) {unknown}; see --list")
+    out = Path(tempfile.mkdtemp(prefix="fedi2i-bench-recipe-"))
+    print(f"{args.preset} preset, {args.epochs} epochs, unseen centre, one thread")
+    print("| option | run | MAE (HU) | bone MAE (HU) | bone Dice | CPU-min |")
+    print("|---|---|---|---|---|---|")
+    for name in names:
+        for mode in args.runs.split(","):
+            r = run_one(name, mode, args.epochs, out, args.preset)
+            print(f"| {name} | {mode} | {r['mae']:.1f} | {r['mae_bone']:.0f} | {r['dice_bone']:.3f} "
+                  f"| {r['cpu_min']:.2f} |", flush=True)
+            if args.jsonl:
+                with args.jsonl.open("a") as fh:
+                    fh.write(json.dumps(r) + "\n")
+
+
+if __name__ == "__main__":
+    main()
