@@ -20,8 +20,8 @@ malicious server (Bonawitz et al. 2017, section 6; see :class:`~fedi2i.fl.secagg
   sender and receiver; at least ``t`` neighbours (itself included) shared.
 * consistency: it is in the survivor set U3 and at least ``t`` of the neighbours it masked with are;
   it signs (set-up, U3).
-* unmask: answered once; it requires ``t`` valid signatures of its neighbourhood on the very U3 it
-  signed (:class:`~fedi2i.fl.secagg.exceptions.InconsistentView` otherwise, before any share leaves);
+* unmask: answered once; it requires valid signatures on the very U3 it signed from ``t`` of its
+  neighbourhood and from a strict majority of the round's clients (:class:`~fedi2i.fl.secagg.exceptions.InconsistentView` otherwise, before any share leaves);
   the survivor / dropped lists must be what that U3 implies. It then reveals the self-mask share for
   survivors and the key share for dropped peers: never both for one peer.
 """
@@ -388,12 +388,21 @@ class SecAggClient:
                     "signature); no share is revealed and the round is aborted"
                 )
             valid.add(v)
-        t = self.setup.threshold if self.setup is not None else 1
+        assert self.setup is not None
+        t = self.setup.threshold
         agreeing = valid & self._group
         if len(agreeing) < t:
             raise SecAggAbort(
                 f"client {me}: only {len(agreeing)} of its neighbourhood signed the survivor set; it reveals shares "
                 f"only after t={t} valid signatures on the same set"
+            )
+        # a strict majority of the round on one set: two conflicting sets cannot both get one, so a server
+        # that withholds the signatures of another view still cannot run two views (SecAgg+ included)
+        needed = majority(len(self.setup.client_ids))
+        if len(valid) < needed:
+            raise SecAggAbort(
+                f"client {me}: only {len(valid)} of the round's {len(self.setup.client_ids)} clients signed the "
+                f"survivor set; it reveals shares only after a strict majority ({needed}) signed the same set"
             )
         survivors, dropped = set(self._u3 & self._sharers), set(self._sharers - self._u3)
         if set(req.survivors) != survivors or set(req.dropped) != dropped:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import shamir
-from .config import Protections, SecAggConfig
+from .config import Protections, SecAggConfig, majority
 from .crypto import INFO_MASK, KEY_BYTES, KeyPair, agree, apply_masks
 from .exceptions import ProtocolViolation, SecAggAbort
 from .graph import neighbourhood_graph
@@ -260,6 +260,11 @@ class SecAggServer:
         dropped = self.u2 - self.u3
         needs_key = {v for v in dropped if self.graph[v] & self.u3}
         self._check_neighbourhoods(self.u4, self.u3 | needs_key, "consistency")
+        if len(self.u4) < majority(self.n):
+            raise SecAggAbort(
+                f"secure aggregation aborted at stage 'consistency': {len(self.u4)} of {self.n} clients signed the "
+                f"survivor set; clients reveal shares only after a strict majority ({majority(self.n)}) did"
+            )
         out = {}
         for u in sorted(self.u4):
             peers = self.graph[u] & self.u2
