@@ -252,14 +252,19 @@ def secagg_fit(msg: Message, context: Context) -> Message:
     return _reply(msg, content, timer)
 
 
+def _light_stage(msg: Message, context: Context, method: str) -> Message:
+    """A stage that needs only the stored client: answer the request, store the client, reply."""
+    timer = _Timer()
+    client = _load_client(context)
+    reply = _answer(context, client, method, record_secagg(msg.content, P.REC_SECAGG))
+    _save_client(context, client)
+    return _secagg_reply(msg, reply, timer)
+
+
 @app.train("secagg_share")
 def secagg_share(msg: Message, context: Context) -> Message:
     """Stage 1: check the signed keys, Shamir-share the self-mask seed and masking key to each neighbour."""
-    timer = _Timer()
-    client = _load_client(context)
-    reply = _answer(context, client, "share_keys", record_secagg(msg.content, P.REC_SECAGG))
-    _save_client(context, client)
-    return _secagg_reply(msg, reply, timer)
+    return _light_stage(msg, context, "share_keys")
 
 
 @app.train("secagg_mask")
@@ -280,11 +285,7 @@ def secagg_mask(msg: Message, context: Context) -> Message:
 @app.train("secagg_check")
 def secagg_check(msg: Message, context: Context) -> Message:
     """Stage 3, the consistency round: sign the survivor set the server announces."""
-    timer = _Timer()
-    client = _load_client(context)
-    reply = _answer(context, client, "consistency", record_secagg(msg.content, P.REC_SECAGG))
-    _save_client(context, client)
-    return _secagg_reply(msg, reply, timer)
+    return _light_stage(msg, context, "consistency")
 
 
 @app.train("secagg_unmask")
