@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from fedi2i.audit.run import run_audit
+from fedi2i.audit.schema import SCHEMA_VERSION, AuditResults, load_results
 from fedi2i.config import Config, load_config
 
 
@@ -38,6 +39,8 @@ def test_audit_resumes_records_failures_and_reports(audit_config: Config, tmp_pa
     with pytest.raises(Interrupt):
         run_audit(audit_config, out, progress=False, on_cell=stop_after_training)
     assert json.loads((out / "cells" / "train_fedavg-none.json").read_text())["status"] == "ok"
+    trained = [out / "cells" / "train_fedavg-none.json", out / "runs" / "fedavg-none" / "metrics.json"]
+    stamps = [p.stat().st_mtime_ns for p in trained]
 
     # second run: the finished training cell is reused, a failing attack is recorded, the audit goes on
     import fedi2i.attacks.membership.run as membership_run
@@ -47,8 +50,8 @@ def test_audit_resumes_records_failures_and_reports(audit_config: Config, tmp_pa
     monkeypatch.setattr(membership_run, "run_membership", broken)
     seen: dict[str, dict] = {}
     report = run_audit(audit_config, out, progress=False, on_cell=lambda c, e: seen.setdefault(c.key, e))
-    assert seen["train/fedavg-none"]["seconds"] > 0  # value from the first run, not recomputed now
-    assert (out / "runs" / "fedavg-none" / "metrics.json").exists()
+    assert [p.stat().st_mtime_ns for p in trained] == stamps  # the training run was reused, not redone
+    assert seen["train/fedavg-none"]["status"] == "ok"
     assert seen["membership/none"]["status"] == "error"
     assert "simulated attack failure" in seen["membership/none"]["error"]
     assert seen["inversion/dlg-b1-s1-early-none"]["status"] == "ok"  # ran after the failure
@@ -63,7 +66,8 @@ def test_audit_resumes_records_failures_and_reports(audit_config: Config, tmp_pa
     results = json.loads((out / "results.json").read_text())
     for key in ("train/fedavg-none", "inversion/dlg-b1-s1-early-none"):
         assert results["cells"][key] == before[key]  # finished cells are not run again
-    _check_schema(results)
+    assert [p.stat().st_mtime_ns for p in trained] == stamps
+    _check_schema(load_results(out / "results.json"))
     assert results["cells"]["membership/none"]["status"] == "ok"
     html = (out / "report.html").read_text()
     _check_self_contained(html)
@@ -71,20 +75,14 @@ def test_audit_resumes_records_failures_and_reports(audit_config: Config, tmp_pa
     assert (out / "results.csv").read_text().startswith("key,kind,status")
 
 
-def _check_schema(results: dict) -> None:
-    for key in ("preset", "generated", "versions", "cells_planned", "cells_ok", "summary", "study_comparison",
-                "quality", "cells"):
-        assert key in results, key
-    assert results["cells_ok"] == results["cells_planned"] == len(results["cells"])
-    for row in results["summary"]:
-        assert set(row) == {"threat", "exposure", "defence", "with_defence", "verdict"}
-        assert row["verdict"] in {"high", "medium", "low", "not measured"}
-    for row in results["study_comparison"]:
-        assert set(row) == {"finding", "study", "ours", "status"}
-        assert row["status"] in {"reproduced", "not reproduced", "exceeded", "not measured"}
-    for entry in results["cells"].values():
-        assert entry["status"] in {"ok", "error"} and entry["kind"] in {"train", "membership", "inversion", "poison"}
-    assert results["versions"]["torch"].startswith("2.13.0")
+def _check_schema(results: AuditResults) -> None:
+    assert results.schema_version == SCHEMA_VERSION
+    assert results.cells_ok == results.cells_planned == len(results.cells)
+    assert results.section_errors == {} and results.unusable == []
+    assert {t.verdict for t in results.summary} <= {"high", "medium", "low", "not measured"}
+    assert {c.status for c in results.study_comparison} <= {"reproduced", "not reproduced", "exceeded",
+                                                            "not measured"}
+    assert results.versions["torch"].startswith("2.13.0")
 
 
 def _check_self_contained(html: str) -> None:

@@ -100,9 +100,11 @@ def test_cli_reuses_cells_and_writes_outputs(matrix: tuple, tmp_path: Path) -> N
     cfg, out, _ = matrix
     path = tmp_path / "poison.yaml"
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
     result = CliRunner().invoke(app, ["attack", "poison", "--config", str(path), "--out", str(out), "--quiet"])
     assert result.exit_code == 0, result.output
-    assert "reused" not in result.output and (out / "poisoning.md").exists()
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")} == stamps  # all reused
+    assert len(stamps) == 4 and (out / "poisoning.md").exists()
     assert "| fedmedian | 1 |" in (out / "poisoning.md").read_text()
     bad = CliRunner().invoke(app, ["attack", "poison", "--config", str(path), "--out", str(out), "--quiet",
                                    "--set", "attacks.poison.levels=[nope]"])

@@ -171,6 +171,10 @@ def run_audit(config: Config, out_dir: Path, progress: bool = True, on_cell: OnC
     console = Console()
     columns = (TextColumn("[bold]audit"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[current]}"),
                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
+    if progress:
+        todo = sum(not store.done(c.key) for c in cells)
+        console.print(f"audit: {len(cells)} cells, {todo} to run, "
+                      + ("one at a time" if workers <= 1 else f"on {workers} worker processes"))
     with Progress(*columns, console=console, disable=not progress, transient=False) as bar:
         task = bar.add_task("audit", total=len(cells), current="")
 

@@ -1,11 +1,22 @@
-"""U-Net factory on MONAI's UNet: size and normalisation come from the config."""
+"""U-Net factory on MONAI's UNet: size and normalisation come from the config.
+
+MONAI is imported when a network is built, not when this module is: ``import monai`` (which any
+``monai.*`` import runs first) loads every MONAI submodule, and with them scikit-learn, matplotlib,
+scikit-image, SciPy and nibabel, about 2 CPU-seconds on top of torch. MONAI has no switch to load one
+network alone, so the SecAgg stages, the CLI and anything else that only needs this module's names do
+not pay that cost.
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
-from monai.networks.nets import UNet
 
 from fedi2i.config import ModelConfig
+
+if TYPE_CHECKING:
+    from monai.networks.nets import UNet
 
 _NORMS = {
     "batch": "batch",
@@ -16,6 +27,8 @@ _NORMS = {
 
 def build_unet(config: ModelConfig) -> UNet:
     """2D MRI->CT U-Net: one input channel, one output channel (CT scaled to [-1, 1])."""
+    from monai.networks.nets import UNet
+
     strides = config.strides or [2] * (len(config.channels) - 1)
     return UNet(
         spatial_dims=2,
