@@ -57,21 +57,29 @@ def _membership_action(ctx: AuditContext, defence: str):
 
 
 def _inversion_cells(ctx: AuditContext) -> list[AuditCell]:
-    """Trained-model cells attack the FedAvg baseline's final model; early-round cells need no run."""
+    """Trained-model cells attack the FedAvg baseline's final model; early-round cells need no run.
+
+    Methods that attack the same threat setting share one recorded victim round, written by the first
+    of them: the others run after it (in a parallel audit too), so none reads a victim half-written.
+    """
     from dataclasses import asdict
 
     from fedi2i.attacks.inversion import InversionSettings, plan_inversion, run_inversion_cell
 
     settings = InversionSettings.from_config(ctx.config)
     cells = []
+    first_of_victim: dict[tuple[Any, ...], str] = {}
     for cell in plan_inversion(settings):
         trained = cell.stage == "trained"
+        victim = (cell.batch_size, cell.local_steps, cell.stage, cell.defence, cell.noise_multiplier, cell.client)
+        first = first_of_victim.setdefault(victim, f"inversion/{cell.key}")
 
         def action(cell=cell, trained=trained) -> dict[str, Any]:
             return run_inversion_cell(ctx.config, ctx.data, cell, ctx.out_dir / "inversion",
                                       base_run_dir=ctx.run_dir("none") if trained else None, settings=settings)
         cells.append(AuditCell(key=f"inversion/{cell.key}", kind="inversion", title=f"inversion {cell.key}",
-                               needs=[train_key("none")] if trained else [], params=asdict(cell), action=action))
+                               needs=[train_key("none")] if trained else [], params=asdict(cell), action=action,
+                               after=[first] if first != f"inversion/{cell.key}" else []))
     return cells
 
 

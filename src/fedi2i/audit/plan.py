@@ -44,7 +44,8 @@ class AuditCell:
     key: str
     kind: Literal["train", "membership", "inversion", "poison"]
     title: str
-    needs: list[str] = field(default_factory=list)
+    needs: list[str] = field(default_factory=list)  # cells whose results this one reads (must succeed)
+    after: list[str] = field(default_factory=list)  # cells that must have finished first, whatever their outcome
     params: dict[str, Any] = field(default_factory=dict)
     # Filled in by the runner: the function that does the work.
     action: Callable[[], dict[str, Any]] | None = None

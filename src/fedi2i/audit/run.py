@@ -117,11 +117,15 @@ class _Scheduler:
         pending = list(cells)
         finished: set[str] = set()
         running: dict[Future[dict[str, Any]], AuditCell] = {}
+
+        def ready(cell: AuditCell) -> bool:
+            return all(n in finished or n not in planned for n in cell.needs + cell.after)
+
         self.pool = self._new_pool()
         try:
             while pending or running:
                 for cell in list(pending):
-                    if not all(n in finished or n not in planned for n in cell.needs):
+                    if not ready(cell):
                         continue
                     if self.store.done(cell.key) or any(not self.store.done(n) for n in cell.needs):
                         pending.remove(cell)  # reused, or its run failed: no worker needed
@@ -132,7 +136,7 @@ class _Scheduler:
                         running[self.pool.submit(_worker_run, cell.key)] = cell
                 on_start([c.title for c in running.values()])
                 if not running:
-                    if pending and not any(all(n in finished or n not in planned for n in c.needs) for c in pending):
+                    if pending and not any(ready(c) for c in pending):
                         raise RuntimeError(f"audit cells wait on each other: {[c.key for c in pending]}")
                     continue
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -190,6 +194,7 @@ def run_audit(config: Config, out_dir: Path, progress: bool = True, on_cell: OnC
                 bar.update(task, current=cell.title)
                 done(cell, run_cell(cell, store, config.seed))
         else:
+            _ = context.data  # built (and cached) once here, not by every worker at the same time
             _Scheduler(config, out_dir, store, workers).run(
                 cells, lambda titles: bar.update(task, current=", ".join(titles)), done)
         bar.update(task, current="writing report")
