@@ -15,6 +15,7 @@ from fedi2i.audit.run import run_audit
 from fedi2i.audit.schema import load_results
 from fedi2i.config import Config, load_config
 from fedi2i.errors import RunStateError
+from tests.cli_harness import EXIT_RUN_STATE, assert_clear_error, run_cli
 
 POISON = {"attacks": ["update_noise"], "levels": ["high"], "update_noise": {"high": 1.0}, "n_malicious": [2],
           "malicious": ["A", "B"], "rules": ["fedmedian"], "rounds": 2, "eval_every": 2}
@@ -89,15 +90,18 @@ def test_collapsed_poisoning_run_still_gets_a_report_and_resumes(collapsing_audi
     assert results.cells_ok == 2 and results.study_comparison
 
 
-def test_corrupt_cell_or_old_results_name_the_file(collapsing_audit: Config, tmp_path: Path) -> None:
+def test_corrupt_cell_or_old_results_name_the_file(collapsing_audit: Config, phantom_root: Path,
+                                                   tmp_path: Path) -> None:
     out = tmp_path / "audit"
     (out / "cells").mkdir(parents=True)
     bad = out / "cells" / "poison_fedmedian__baseline.json"
+    bad.write_text('{"key": ')
+    result = run_cli("audit", "--preset", "tiny", "--data", phantom_root, "--out", out, "--quiet",
+                     "--set", "attacks.audit.defences=[]", "--set", "attacks.audit.centralised_baseline=false",
+                     "--set", "attacks.audit.membership=false", "--set", "attacks.audit.inversion=false")
+    assert_clear_error(result, EXIT_RUN_STATE, str(bad), "not valid JSON", "delete it")
     bad.write_text('{"key": "poison/fedmedian__baseline", "kind": "poison", "status": "ok"}')
     with pytest.raises(RunStateError, match=r"poison_fedmedian__baseline\.json.*title"):
-        run_audit(collapsing_audit, out, progress=False)
-    bad.write_text('{"key": ')
-    with pytest.raises(RunStateError, match=r"poison_fedmedian__baseline\.json.*not valid JSON"):
         run_audit(collapsing_audit, out, progress=False)
     old = tmp_path / "results.json"
     old.write_text(json.dumps({"preset": "tiny", "cells": {}}))
