@@ -12,7 +12,8 @@ from typing import Any
 
 from fedi2i.config import Config, dump_config, load_config, result_fields
 from fedi2i.errors import ConfigError, RunStateError
-from fedi2i.io import read_json, write_json
+from fedi2i.io import DEFAULT_HINT as FRESH_HINT
+from fedi2i.io import load_torch, read_json, write_json
 
 CHECKPOINT = "checkpoint.pt"
 RECORD_DIR = "record"
@@ -48,11 +49,29 @@ def recorded_fingerprint(run_dir: Path) -> dict[str, Any] | None:
     return None
 
 
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint as plain data (``weights_only``): a planted or corrupt file is refused, never run."""
+    import torch
+
+    state = load_torch(path, hint=FRESH_HINT)
+    if not (isinstance(state, dict) and isinstance(state.get("global_vector"), torch.Tensor)
+            and isinstance(state.get("next_round"), int) and isinstance(state.get("history"), list)):
+        raise RunStateError(f"{path} is not a fedi2i checkpoint (no global_vector, next_round and history); "
+                            f"{FRESH_HINT}")
+    return state
+
+
 def check_resumable(run_dir: Path, fingerprint: dict[str, Any]) -> None:
-    """Refuse, before anything is written, to continue a run folder that holds a run of other settings."""
+    """Refuse, before anything is written, to continue a run folder that holds a run of other settings
+    or a checkpoint that cannot be read."""
     old = recorded_fingerprint(run_dir)
-    if old is None:
-        return
+    if old is not None:
+        _refuse_other_settings(run_dir, old, fingerprint)
+    if (run_dir / CHECKPOINT).exists():
+        read_checkpoint(run_dir / CHECKPOINT)
+
+
+def _refuse_other_settings(run_dir: Path, old: dict[str, Any], fingerprint: dict[str, Any]) -> None:
     keys = sorted(set(old) & set(fingerprint))  # a setting added to fedi2i since is not a change
     diffs = [f"{k}: {old[k]} -> {fingerprint[k]}" for k in keys if old[k] != fingerprint[k]]
     if not diffs:

@@ -75,27 +75,40 @@ def inversion_command(
 ) -> None:
     """Rebuild a centre's training MRI and CT from its update, as a curious server could; scores the
     result against the true slices (SSIM/PSNR after Hungarian matching) and draws truth vs reconstruction."""
-    from fedi2i.attacks.inversion import InversionSettings, verdict
-    from fedi2i.attacks.inversion.run import attack_recorded_round
-    from fedi2i.fl.observer import ServerRecord
-
     setup_logging(verbose)
     check_out_folder(out)
-    config = run_config(run)
+    config = run_config(run)  # a wrong folder or record is named before the attack code loads
     overrides = {k: v for k, v in parse_overrides(set_).items()}
     if seed is not None:
         overrides["seed"] = seed
+    out_dir = out or run / "attacks" / "inversion"
+    target = None if grid else _recorded_target(run, round_, client)
+    from fedi2i.attacks.inversion import InversionSettings, verdict
+
     settings = InversionSettings.from_config(config, _nest(overrides))
     if iterations is not None:
         settings = settings.with_iterations(iterations)
-    out_dir = out or run / "attacks" / "inversion"
-    if grid:
+    if target is None:
         results = _grid(config, run, out_dir, settings, quiet)
         show_results(results)
         console.print(verdict(results), markup=False)
         console.print(f"results in {out_dir} (results.json, results.csv, table.md, figures/)", markup=False)
         return
-    method_name = method.value
+    from fedi2i.attacks.inversion.run import attack_recorded_round
+
+    r, who, size = target
+    with matching_progress(_budget(settings, method.value, size or config.data.image_size),
+                           f"{method.value} on {who}, round {r}", not quiet) as tick:
+        result = attack_recorded_round(run, r, who, method.value, settings, out_dir=out_dir, images=images,
+                                       progress=tick)
+    show_results([result])
+    console.print(f"results in {out_dir} ({result['key']}.json, figures/{result['key']}.png)", markup=False)
+
+
+def _recorded_target(run: Path, round_: int | None, client: str | None) -> tuple[int, str, int | None]:
+    """(round, client, image size) of the attacked update, read and checked from the record."""
+    from fedi2i.fl.observer import ServerRecord
+
     record = ServerRecord(run)
     rounds = record.rounds()
     if not rounds:
@@ -104,13 +117,11 @@ def inversion_command(
     who = client or (record.meta.get("clients") or [None])[0]
     if who is None:
         raise RecordError(f"{run}: the record does not list its clients; pass --client")
-    size = int(record.meta.get("image_size", config.data.image_size))
-    with matching_progress(_budget(settings, method_name, size), f"{method_name} on {who}, round {r}",
-                           not quiet) as tick:
-        result = attack_recorded_round(run, r, who, method_name, settings, out_dir=out_dir, images=images,
-                                       progress=tick)
-    show_results([result])
-    console.print(f"results in {out_dir} ({result['key']}.json, figures/{result['key']}.png)", markup=False)
+    view = record.round(r)  # read (and check) the round before any data or model is loaded
+    if not view.secure and who not in view.updates:
+        raise RecordError(f"client {who} is not in round {r} of {run}; clients: {', '.join(sorted(view.updates))}")
+    size = record.meta.get("image_size")
+    return r, who, None if size is None else int(size)
 
 
 def _nest(overrides: dict[str, Any]) -> dict[str, Any]:

@@ -65,12 +65,16 @@ def membership_command(
 ) -> None:
     """Who trained on which patient? FedMIA (loss / gradient) and baselines, per centre, from the
     curious-server record; under secure aggregation only what the aggregate reveals."""
-    from fedi2i.attacks.membership import run_membership, settings_from_config
-
     setup_logging(verbose)
     check_out_folder(out)
-    attacks = run_config(run).attacks
-    settings = settings_from_config(attacks, methods=method or None, rounds=parse_round_list(rounds),
+    wanted = parse_round_list(rounds)
+    attacks = run_config(run).attacks  # a wrong folder is named before the attack code loads
+    from fedi2i.fl.observer import ServerRecord
+
+    ServerRecord(run).verify()  # a damaged record file is named before data, models and attack code load
+    from fedi2i.attacks.membership import run_membership, settings_from_config
+
+    settings = settings_from_config(attacks, methods=method or None, rounds=wanted,
                                     max_slices_per_patient=max_slices, sigma=sigma, seed=seed,
                                     shuffle_labels=shuffle_labels or None)
     out_dir = out or run / "attacks" / "membership"

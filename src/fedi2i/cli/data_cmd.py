@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich.table import Table
 
 from fedi2i.cli.app import check_out_folder, console, data_app, load_cli_config, setup_logging
-from fedi2i.data.geometry import ANISOTROPY_RATIO, OBLIQUE_DEG, anisotropy, obliquity_deg, orientation_code
-from fedi2i.data.synthrad import PatientVolumes, load_centre_mapping, load_patient, scan_dataset
 from fedi2i.errors import DataError
+
+if TYPE_CHECKING:  # image libraries load only when a command reads images
+    from fedi2i.data.synthrad import PatientVolumes
 
 
 @data_app.command("build")
@@ -49,6 +50,8 @@ def build(
 
 
 def _flags(vol: PatientVolumes) -> str:
+    from fedi2i.data.geometry import ANISOTROPY_RATIO, OBLIQUE_DEG, anisotropy, obliquity_deg
+
     flags = []
     tilt = obliquity_deg(vol.direction)
     if tilt > OBLIQUE_DEG:
@@ -70,6 +73,9 @@ def inspect(
 
     Exit code 3 when a patient has a problem (0 with --skip-bad).
     """
+    from fedi2i.data.geometry import orientation_code
+    from fedi2i.data.synthrad import load_centre_mapping, load_patient, scan_dataset
+
     records = scan_dataset(root, load_centre_mapping(mapping) if mapping else None)
     table = Table(title=str(root))
     for col in ("patient", "centre", "shape (z,y,x)", "spacing z,y,x (mm)", "orientation", "mr dtype", "flags",

@@ -46,8 +46,6 @@ def config_command(
     check_out_folder(out)
     cfg = _config(config, set_, secagg, rounds)
     port = parse_address(superlink, "--superlink")
-    if root_certificates is not None and not root_certificates.is_file():
-        raise ConfigError(f"--root-certificates {root_certificates} is not a file; give the CA certificate (PEM)")
     pyproject = deploy.app_pyproject(cfg, run_dir)
     connection = deploy.connection_toml(superlink, insecure=insecure, root_certificates=root_certificates)
     link = deploy.superlink_command("0.0.0.0", port, insecure=insecure,

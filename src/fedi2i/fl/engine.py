@@ -25,8 +25,8 @@ from fedi2i.evaluate import evaluate_centres
 from fedi2i.fl.client import ClientUpdate, LocalTrainer, round_lr
 from fedi2i.fl.params import ParamSpec
 from fedi2i.fl.server import Aggregator
-from fedi2i.io import load_torch, save_torch
-from fedi2i.runfolder import CHECKPOINT
+from fedi2i.io import save_torch
+from fedi2i.runfolder import CHECKPOINT, read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +58,7 @@ def initial_vector(config: Config, spec: ParamSpec) -> torch.Tensor:
 
 def load_checkpoint(path: Path) -> FederatedRun:
     """A checkpoint as plain data (``weights_only``): a planted or corrupt file is refused, never run."""
-    path = Path(path)
-    state = load_torch(path, hint="delete it, or start the run over with --fresh")
-    if not (isinstance(state, dict) and isinstance(state.get("global_vector"), torch.Tensor)
-            and isinstance(state.get("next_round"), int) and isinstance(state.get("history"), list)):
-        raise RunStateError(f"{path} is not a fedi2i checkpoint (no global_vector, next_round and history); "
-                            "delete it, or start the run over with --fresh")
+    state = read_checkpoint(path)
     counters = state.get("counters") or {}
     return FederatedRun(state["global_vector"], state["next_round"], state["history"], dict(counters))
 
