@@ -9,6 +9,7 @@ from fedi2i.cli import (  # noqa: F401  (each module registers its commands)
     audit_cmd,
     data_cmd,
     flower_cmd,
+    predict_cmd,
     train_cmd,
 )
 from fedi2i.cli.app import app

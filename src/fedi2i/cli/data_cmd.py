@@ -81,17 +81,19 @@ def inspect(
     for col in ("patient", "centre", "shape (z,y,x)", "spacing z,y,x (mm)", "orientation", "mr dtype", "flags",
                 "status"):
         table.add_column(col, overflow="fold")
-    bad = []
+    bad: dict[str, str] = {}
     for record in records:
         try:
             vol = load_patient(record)
         except DataError as exc:
-            bad.append(record.pid)
-            table.add_row(record.pid, record.centre, "-", "-", "-", "-", "-", f"error: {exc}")
+            bad[record.pid] = str(exc)
+            table.add_row(record.pid, record.centre, "-", "-", "-", "-", "-", "error (below)")
             continue
         table.add_row(record.pid, record.centre, str(vol.ct.shape), ", ".join(f"{s:.2f}" for s in vol.spacing),
                       orientation_code(vol.direction), vol.dtypes.get("mr", "?"), _flags(vol), "ok")
     console.print(table, markup=False)
+    for message in bad.values():
+        console.print(f"problem: {message}", markup=False, highlight=False, soft_wrap=True)
     centres = sorted({r.centre for r in records})
     console.print(f"{len(records)} patients in {len(centres)} centres ({', '.join(centres)}); {len(bad)} with "
                   "problems", markup=False)
