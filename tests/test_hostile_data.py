@@ -230,3 +230,34 @@ def test_predict_refuses_a_planted_model(tmp_path: Path) -> None:
     result = run_cli("predict", "--run", run, mri, "--out", tmp_path / "sct.nii.gz")
     assert_clear_error(result, EXIT_RUN_STATE, str(run / "model.pt"))
     assert not (tmp_path / "pwned").exists() and not (tmp_path / "sct.nii.gz").exists()
+
+
+def test_head_fallback_is_cached_under_its_own_name_and_never_rebuilt(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without apt-get the head build falls back to the phantom: cached as the phantom, said so, reused the
+    second time (not rebuilt), and a run's data records the phantom as its source."""
+    cache = tmp_path / "cache"
+    env = cli_env(cache, PATH=str(tmp_path / "no-tools"))
+    args = ["data", "build", "--config", "tiny", "--source", "head", "--centres", "2", "--patients", "2"]
+    first = run_cli(*args, env=env)
+    assert first.code == 0 and "built the phantom dataset instead of head" in first.output, str(first)
+    built = cache / "datasets" / "phantom-2x2-seed0"
+    assert (built / ".complete").read_text() == "phantom"
+    assert not (cache / "datasets" / "head-2x2-seed0" / ".complete").exists()
+    stamps = {p: p.stat().st_mtime_ns for p in built.rglob("*.nii.gz")}
+    second = run_cli(*args, env=env)
+    assert second.code == 0 and "already complete, reused" in second.output, str(second)
+    assert {p: p.stat().st_mtime_ns for p in built.rglob("*.nii.gz")} == stamps
+
+    from fedi2i.config import load_config
+    from fedi2i.data.federation import load_federation
+
+    monkeypatch.setenv("FEDI2I_CACHE", str(cache))
+    monkeypatch.setenv("PATH", str(tmp_path / "no-tools"))
+    cfg = load_config("tiny", {"data.source": "head", "data.n_centres": 2, "data.patients_per_centre": 2,
+                               "data.train_centres": ["A"], "data.unseen_centres": ["B"],
+                               "data.val_fraction": 0.0, "data.test_fraction": 0.0,
+                               "attacks.poison.n_malicious": []})
+    data = load_federation(cfg.data, cfg.seed, progress=False)
+    summary = data.summary()
+    assert data.root == built and summary["source"] == "phantom" and summary["fallback"] is True

@@ -171,13 +171,15 @@ class FederatedData:
     source: str = "folder"
     fingerprint: str = ""
     skipped: dict[str, str] = field(default_factory=dict)
+    requested: str = "folder"  # what the config asked for ("head" can fall back to "phantom")
 
     def centralised_train(self) -> SliceSet:
         return SliceSet.concat(list(self.train.values()))
 
     def summary(self) -> dict[str, object]:
         """What a run folder records about its data: folder, actual source, fingerprint, grid, skipped patients."""
-        return {"root": str(self.root), "source": self.source, "fingerprint": self.fingerprint,
+        return {"root": str(self.root), "source": self.source, "requested_source": self.requested,
+                "fallback": self.source != self.requested, "fingerprint": self.fingerprint,
                 "grid": self.grid.as_dict(), "patients": len(self.records), "skipped": dict(self.skipped)}
 
 
@@ -214,4 +216,5 @@ def load_federation(cfg: DataConfig, seed: int, progress: bool = True) -> Federa
     return FederatedData(root=root, split=split, train=gather(split.train), val=gather(split.val),
                          test=gather(split.test), records={r.pid: r for r in good}, grid=grid,
                          percentiles=tuple(cfg.mr_percentiles), source=source,  # type: ignore[arg-type]
-                         fingerprint=fingerprint(good), skipped=skipped)
+                         fingerprint=fingerprint(good), skipped=skipped,
+                         requested="folder" if cfg.root is not None else cfg.source)

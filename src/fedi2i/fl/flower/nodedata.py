@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedi2i.config import DataConfig
+from fedi2i.data.federation import grid_settings
 from fedi2i.data.slices import SliceSet, centre_split, load_slices
 from fedi2i.data.synthrad import PatientRecord, load_centre_mapping, scan_dataset
 from fedi2i.errors import ConfigError, DataError
@@ -32,7 +33,7 @@ class CentreData:
 
     def _load(self, pids: list[str]) -> SliceSet:
         cfg = self.cfg
-        return load_slices([self.records[p] for p in pids], cfg.image_size, cfg.mr_percentiles,
+        return load_slices([self.records[p] for p in pids], grid_settings(cfg), cfg.mr_percentiles,
                            cfg.min_mask_fraction, cfg.slice_stride, cfg.skip_bad)
 
     def train(self) -> SliceSet:
