@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -43,3 +46,51 @@ def test_train_cli_errors_are_clear(phantom_root: Path, tmp_path: Path) -> None:
     assert krum.exit_code == 2 and "Krum" in krum.output
     missing = runner.invoke(app, ["train", "-c", "tiny", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "w")])
     assert missing.exit_code == 3 and "does not exist" in missing.output  # a data error
+
+
+def _cli_with(patch: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI in a subprocess after ``patch`` (Python) replaced part of it, to reach error paths on purpose."""
+    code = ("import sys, fedi2i.cli\ncli_app = sys.modules['fedi2i.cli.app']\n" + patch +
+            f"\nsys.argv = ['fedi2i', *{list(args)!r}]\ncli_app.app()\n")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+
+
+def test_internal_error_points_to_a_log_not_a_traceback() -> None:
+    patch = ("def boom(*a, **k):\n    raise RuntimeError('boom in the config loader')\n"
+             "cli_app.load_config = boom")
+    quiet = _cli_with(patch, "train", "-c", "tiny")
+    assert quiet.returncode == 1 and "Traceback" not in quiet.stderr, quiet.stderr
+    assert "internal error" in quiet.stderr and "boom in the config loader" in quiet.stderr
+    log = Path(re.search(r"the traceback is in (\S+\.log)", quiet.stderr).group(1))
+    assert "Traceback" in log.read_text() and "boom" in log.read_text()
+    log.unlink()
+    verbose = _cli_with(patch, "train", "-c", "tiny", "--verbose")
+    assert verbose.returncode == 1 and "Traceback" in verbose.stderr
+
+
+def test_data_error_prints_patient_and_file_as_written() -> None:
+    """Brackets in a data error are text, not rich markup: the prefix and a path with [/x] survive."""
+    patch = ("from fedi2i.errors import DataError\n"
+             "def bad(*a, **k):\n    raise DataError('mask is empty', patient='1BA001', path='/d/[/x]/mask.nii.gz')\n"
+             "cli_app.load_config = bad")
+    result = _cli_with(patch, "train", "-c", "tiny")
+    assert result.returncode == 3, result.stderr
+    assert "[patient 1BA001, file /d/[/x]/mask.nii.gz] mask is empty" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_import_loads_no_torch() -> None:
+    """`fedi2i --help` and config errors stay fast: torch, MONAI and matplotlib load inside commands only."""
+    code = "import sys, fedi2i.cli; print(sorted(m for m in ('torch', 'monai', 'matplotlib') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_cli_method_names_match_the_attacks() -> None:
+    from fedi2i.attacks.inversion.settings import METHODS as INVERSION
+    from fedi2i.attacks.membership import METHODS as MEMBERSHIP
+    from fedi2i.cli.attack_inversion import Method
+    from fedi2i.cli.attack_membership import METHOD_NAMES
+
+    assert tuple(m.value for m in Method) == tuple(INVERSION)
+    assert METHOD_NAMES == tuple(MEMBERSHIP)
