@@ -23,6 +23,7 @@ from fedi2i.data.slices import GridVolumes, to_model_grid, volume_to_slices
 from fedi2i.data.synthrad import PatientVolumes, load_patient, scan_dataset, write_patient
 from fedi2i.evaluate import evaluate_native, evaluate_patients, sct_on_native
 from fedi2i.metrics import image_metrics
+from tests.volumes import write_regridded
 
 GRID = GridSettings(32, 7.5)  # a 240 mm field of view
 PERCENTILES = (0.5, 99.5)
@@ -32,26 +33,6 @@ SPACING = 2.5
 def _rotation_x(degrees: float) -> np.ndarray:
     c, s = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
     return np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
-
-
-def _resampled_copy(images: dict[str, sitk.Image], spacing_xyz: tuple[float, float, float],
-                    direction: np.ndarray) -> dict[str, np.ndarray | tuple]:
-    """The head on another grid (same world), large enough to hold it; arrays (z, y, x) and geometry."""
-    ref = images["ct"]
-    size = np.asarray(ref.GetSize()) * np.asarray(ref.GetSpacing())
-    extent = np.abs(direction.T) @ size  # the rotated grid must still hold the head
-    n = [int(math.ceil(e / s)) + 1 for e, s in zip(extent, spacing_xyz)]
-    centre = np.asarray(ref.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in ref.GetSize()]))
-    origin = centre - direction @ ((np.asarray(n) - 1) / 2 * np.asarray(spacing_xyz))
-    grid = sitk.Image(n, sitk.sitkFloat32)
-    grid.SetSpacing(spacing_xyz)
-    grid.SetDirection(tuple(direction.ravel()))
-    grid.SetOrigin(tuple(origin))
-    out: dict[str, np.ndarray | tuple] = {
-        "mr": resample(images["mr"], grid, 0.0), "ct": resample(images["ct"], grid, -1000.0),
-        "mask": resample(images["mask"], grid, 0.0, linear=False)}
-    out["geometry"] = (tuple(spacing_xyz[::-1]), tuple(origin), direction)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -72,12 +53,8 @@ def copies(tmp_path_factory: pytest.TempPathFactory) -> dict[str, PatientVolumes
     corner = images["ct"].TransformIndexToPhysicalPoint((95, 95, 0))
     write_patient(root, "1BB001", mr[:, ::-1, ::-1], ct[:, ::-1, ::-1], mask[:, ::-1, ::-1], spacing,
                   origin=corner, direction=np.diag([-1.0, -1.0, 1.0]), mr_dtype=np.uint16)
-    oblique = _resampled_copy(images, (SPACING,) * 3, _rotation_x(12.0))
-    s, o, d = oblique["geometry"]
-    write_patient(root, "1BC001", oblique["mr"], oblique["ct"], oblique["mask"], s, fmt="mha", origin=o, direction=d)
-    aniso = _resampled_copy(images, (1.2, 1.2, 2.0), np.eye(3))
-    s, o, d = aniso["geometry"]
-    write_patient(root, "1BD001", aniso["mr"], aniso["ct"], aniso["mask"], s, origin=o, direction=d)
+    write_regridded(root, "1BC001", images, (SPACING,) * 3, _rotation_x(12.0), fmt="mha")
+    write_regridded(root, "1BD001", images, (1.2, 1.2, 2.0), np.eye(3))
     records = {r.centre: r for r in scan_dataset(root)}
     return {name: load_patient(records[c]) for name, c in
             (("canonical", "A"), ("flipped", "B"), ("oblique", "C"), ("anisotropic", "D"))}

@@ -7,7 +7,6 @@ nibabel and SimpleITK read them) and score against the CT what the native-grid e
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import nibabel as nib
@@ -15,15 +14,15 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from tests.cli_harness import run_cli
 from fedi2i.config import load_config
-from fedi2i.data.geometry import make_image, resample
 from fedi2i.data.phantom import build_phantom_dataset
 from fedi2i.data.synthrad import load_patient, scan_dataset, write_patient
 from fedi2i.evaluate import evaluate_native
 from fedi2i.inference import MODEL_FILE, load_run_model
 from fedi2i.metrics import image_metrics
 from fedi2i.training import train
+from tests.cli_harness import run_cli
+from tests.volumes import write_regridded
 
 
 @pytest.fixture(scope="module")
@@ -39,24 +38,11 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def _flipped_anisotropic(source: Path, target: Path, pid: str) -> Path:
-    """The patient of ``source`` on a grid with x and y flipped (RAS) and 4 x 4 x 9 mm voxels."""
+    """The patient of ``source`` on a grid with x and y flipped (RAS) and 4 x 4 x 9 mm voxels, uint16 MRI."""
     vol = load_patient(next(r for r in scan_dataset(source) if r.pid == pid))
     images = {m: vol.image(m) for m in ("mr", "ct", "mask")}
-    ref = images["ct"]
-    extent = np.asarray(ref.GetSize()) * np.asarray(ref.GetSpacing())
-    spacing = (4.0, 4.0, 9.0)
-    size = [int(math.ceil(e / s)) for e, s in zip(extent, spacing)]
-    direction = np.diag([-1.0, -1.0, 1.0])
-    centre = np.asarray(ref.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in ref.GetSize()]))
-    origin = centre - direction @ ((np.asarray(size) - 1) / 2 * np.asarray(spacing))
-    grid = sitk.Image(size, sitk.sitkFloat32)
-    grid.SetSpacing(spacing)
-    grid.SetDirection(tuple(direction.ravel()))
-    grid.SetOrigin(tuple(origin))
-    arrays = {"mr": resample(images["mr"], grid), "ct": resample(images["ct"], grid, -1000.0),
-              "mask": resample(images["mask"], grid, linear=False)}
-    return write_patient(target, "1BC099", arrays["mr"], arrays["ct"], arrays["mask"], spacing[::-1],
-                         origin=tuple(origin), direction=direction, mr_dtype=np.uint16)
+    return write_regridded(target, "1BC099", images, (4.0, 4.0, 9.0), np.diag([-1.0, -1.0, 1.0]),
+                           mr_dtype=np.uint16)
 
 
 def test_predict_writes_on_the_mri_grid_and_scores_as_the_native_evaluation(

@@ -31,8 +31,7 @@ from fedi2i.errors import ConfigError, DataError, RunStateError
 from fedi2i.evaluate import sct_on_native
 from fedi2i.io import load_safetensors, load_torch, save_safetensors
 from fedi2i.models import build_unet
-
-MODEL_FILE = "model.safetensors"
+from fedi2i.runfolder import MODEL_FILE
 FORMAT = "fedi2i-sct-model/1"
 
 
