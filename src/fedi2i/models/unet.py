@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from fedi2i.config import ModelConfig
+from fedi2i.config import GROUPS, ModelConfig
 
 if TYPE_CHECKING:
     from monai.networks.nets import UNet
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 _NORMS = {
     "batch": "batch",
     "instance": ("instance", {"affine": True}),
-    "group": ("group", {"num_groups": 4}),
+    "group": ("group", {"num_groups": GROUPS}),
 }
 
 
