@@ -12,7 +12,7 @@ from fedi2i.attacks.poisoning import (PoisonSettings, UpdateDetector, attack_opt
                                       update_transform)
 from fedi2i.attacks.poisoning.matrix import resolve_rule
 from fedi2i.attacks.poisoning.settings import RuleParams
-from fedi2i.config import Config
+from fedi2i.config import AttacksConfig, Config
 from fedi2i.data.slices import SliceSet, unit_to_hu
 from fedi2i.errors import ConfigError
 from fedi2i.fl.client import ClientUpdate
@@ -20,7 +20,7 @@ from fedi2i.training import RunOptions, build_trainers
 
 
 def _with_poison(cfg: Config, **poison) -> Config:
-    return cfg.model_copy(update={"attacks": {"poison": poison}})
+    return cfg.model_copy(update={"attacks": AttacksConfig(poison=poison)})
 
 
 def test_settings_defaults_and_errors(tiny_config: Config) -> None:

@@ -10,7 +10,7 @@ import yaml
 from typer.testing import CliRunner
 
 from fedi2i.attacks.poisoning import plan_poison, run_poison_matrix, summarise_poison
-from fedi2i.config import Config
+from fedi2i.config import AttacksConfig, Config
 
 POISON = {"attacks": ["update_noise"], "levels": ["huge"], "update_noise": {"huge": 1000.0},
           "n_malicious": [1], "malicious": ["A"], "rules": ["fedavg", "fedmedian"], "rounds": 3,
@@ -20,7 +20,7 @@ POISON = {"attacks": ["update_noise"], "levels": ["huge"], "update_noise": {"hug
 def _config(tiny_config: Config) -> Config:
     # a few larger steps, so that the model learns (unseen MAE ~500 HU, untrained ~1000) in seconds
     train = tiny_config.train.model_copy(update={"local_steps": 6, "lr": 0.02})
-    return tiny_config.model_copy(update={"attacks": {"poison": POISON}, "train": train})
+    return tiny_config.model_copy(update={"attacks": AttacksConfig(poison=POISON), "train": train})
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,7 @@ def test_rerun_skips_finished_cells(matrix: tuple, tiny_data) -> None:
     again = run_poison_matrix(cfg, tiny_data, out, on_cell=lambda cell, result, reused: seen.append(reused))
     assert seen == [True] * 4
     assert {r["key"]: r["unseen_mean"] for r in again} == {k: v["unseen_mean"] for k, v in res.items()}
-    changed = cfg.model_copy(update={"attacks": {"poison": {**POISON, "update_noise": {"huge": 999.0}}}})
+    changed = cfg.model_copy(update={"attacks": AttacksConfig(poison={**POISON, "update_noise": {"huge": 999.0}})})
     cells = [c for c in plan_poison(changed, data=tiny_data) if c.attack == "none"]
     reused = []
     run_poison_matrix(changed, tiny_data, out, cells=cells, on_cell=lambda c, r, u: reused.append(u))
@@ -128,8 +128,8 @@ def test_collapse_is_recorded_not_raised(tiny_config: Config, tiny_data, tmp_pat
 
     monkeypatch.setattr(matrix_module, "attack_options",
                         lambda *a, **k: ({}, {"A": nan_after_first_round, "B": nan_after_first_round}))
-    cfg = _config(tiny_config).model_copy(update={"attacks": {"poison": {
-        **POISON, "rules": ["fedmedian"], "n_malicious": [2], "malicious": ["A", "B"], "baseline": False}}})
+    cfg = _config(tiny_config).model_copy(update={"attacks": AttacksConfig(poison={
+        **POISON, "rules": ["fedmedian"], "n_malicious": [2], "malicious": ["A", "B"], "baseline": False})})
     cell = plan_poison(cfg, data=tiny_data)[0]
     result = run_poison_cell(cfg, tiny_data, cell, tmp_path)
     assert result["collapsed"] and result["collapsed_round"] == 1 and result["diverged"]

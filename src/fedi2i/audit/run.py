@@ -121,7 +121,6 @@ class _Scheduler:
         def ready(cell: AuditCell) -> bool:
             return all(n in finished or n not in planned for n in cell.needs + cell.after)
 
-        self.pool = self._new_pool()
         try:
             while pending or running:
                 for cell in list(pending):
@@ -133,6 +132,7 @@ class _Scheduler:
                         on_done(cell, run_cell(cell, self.store, self.config.seed))
                     elif len(running) < self.workers:
                         pending.remove(cell)
+                        self.pool = self.pool or self._new_pool()  # none started if nothing is left to run
                         running[self.pool.submit(_worker_run, cell.key)] = cell
                 on_start([c.title for c in running.values()])
                 if not running:
@@ -145,7 +145,8 @@ class _Scheduler:
                     finished.add(cell.key)
                     on_done(cell, self._result(cell, future))
         finally:
-            self.pool.shutdown(wait=False, cancel_futures=True)
+            if self.pool is not None:
+                self.pool.shutdown(wait=False, cancel_futures=True)
 
     def _result(self, cell: AuditCell, future: Future[dict[str, Any]]) -> dict[str, Any]:
         """The worker's entry; a worker that died takes only its own cell down (the pool is rebuilt)."""
