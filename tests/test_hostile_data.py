@@ -45,30 +45,18 @@ def _array(path: Path) -> np.ndarray:
 
 # Each case damages a dataset holding two good patients (1BA001, 1BB001) plus 1BA002, and returns
 # (the folder to give `data inspect`, the names the message must contain).
-def _all_zero_mri(root: Path) -> tuple[Path, list[str]]:
-    p = _patient(root, "1BA002", 2)
-    _replace(p / "mr.nii.gz", np.zeros(SHAPE))
-    return root, ["1BA002", "mr.nii.gz", "all zero"]
+def _voxels(name: str, values: Callable[[], np.ndarray], phrase: str) -> Callable[[Path], tuple[Path, list[str]]]:
+    """A case that overwrites the voxels of 1BA002's image ``name``."""
+    def case(root: Path) -> tuple[Path, list[str]]:
+        _replace(_patient(root, "1BA002", 2) / name, values())
+        return root, ["1BA002", name, phrase]
+    return case
 
 
-def _constant_ct(root: Path) -> tuple[Path, list[str]]:
-    p = _patient(root, "1BA002", 2)
-    _replace(p / "ct.nii.gz", np.full(SHAPE, 40))
-    return root, ["1BA002", "ct.nii.gz", "constant"]
-
-
-def _mask_misses_head(root: Path) -> tuple[Path, list[str]]:
-    p = _patient(root, "1BA002", 2)
+def _corner_mask() -> np.ndarray:
     mask = np.zeros(SHAPE)
     mask[:, :4, :4] = 1  # a corner of air
-    _replace(p / "mask.nii.gz", mask)
-    return root, ["1BA002", "mask.nii.gz", "misses the head"]
-
-
-def _empty_mask(root: Path) -> tuple[Path, list[str]]:
-    p = _patient(root, "1BA002", 2)
-    _replace(p / "mask.nii.gz", np.zeros(SHAPE))
-    return root, ["1BA002", "mask.nii.gz", "empty"]
+    return mask
 
 
 def _nan_mri(root: Path) -> tuple[Path, list[str]]:
@@ -150,8 +138,10 @@ def _no_centre_in_id(root: Path) -> tuple[Path, list[str]]:
 
 
 CASES: dict[str, Callable[[Path], tuple[Path, list[str]]]] = {
-    "all-zero-mri": _all_zero_mri, "constant-ct": _constant_ct, "mask-misses-head": _mask_misses_head,
-    "empty-mask": _empty_mask, "nan-mri": _nan_mri, "zero-byte-ct": _zero_byte_ct,
+    "all-zero-mri": _voxels("mr.nii.gz", lambda: np.zeros(SHAPE), "all zero"),
+    "constant-ct": _voxels("ct.nii.gz", lambda: np.full(SHAPE, 40), "constant"),
+    "mask-misses-head": _voxels("mask.nii.gz", _corner_mask, "misses the head"),
+    "empty-mask": _voxels("mask.nii.gz", lambda: np.zeros(SHAPE), "empty"), "nan-mri": _nan_mri, "zero-byte-ct": _zero_byte_ct,
     "mask-other-grid": _mask_on_other_grid, "4d-mri": _mri_4d, "missing-ct": _missing_ct,
     "looping-patient-link": _looping_patient_link, "looping-file-link": _looping_file_link,
     "dangling-link": _dangling_link, "single-patient-folder": _single_patient_folder,
