@@ -81,11 +81,14 @@ def default_run_dir(cfg: Config, centralised: bool) -> Path:
 
 
 def show_metrics(metrics: dict) -> None:
-    table = Table(title="test metrics per centre (mean over patients)")
+    table = Table(title="test metrics per centre (mean over patients): model grid | native grid (SynthRAD)")
     for col in ("centre", "role", "patients", "MAE (HU)", "PSNR (dB)", "SSIM"):
         table.add_column(col)
+    native = metrics.get("native_grid", {})
     for role in ("seen", "unseen"):
         for centre, s in metrics.get(role, {}).items():
-            table.add_row(centre, role, f"{s['n_patients']:.0f}", f"{s['mae']:.1f}", f"{s['psnr']:.2f}",
-                          f"{s['ssim']:.3f}")
+            n = native.get(role, {}).get(centre)
+            cells = [f"{s[k]:{f}}" + (f" | {n[k]:{f}}" if n else "") for k, f in (("mae", ".1f"), ("psnr", ".2f"),
+                                                                              ("ssim", ".3f"))]
+            table.add_row(centre, role, f"{s['n_patients']:.0f}", *cells)
     console.print(table)
