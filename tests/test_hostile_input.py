@@ -288,6 +288,37 @@ def test_planted_checkpoint_never_runs(phantom_root: Path, planted: tuple[Path, 
     assert_unchanged(before, run)
 
 
+AUDIT_ONLY_BASELINE = ("attacks.audit={defences: [none], centralised_baseline: false, membership: false, "
+                       "inversion: false, poisoning: false}")
+
+
+def test_planted_checkpoint_never_runs_on_audit_resume(phantom_root: Path, planted: tuple[Path, Path],
+                                                       tmp_path: Path) -> None:
+    """An audit resuming its baseline run finds the planted checkpoint there: refused, nothing runs."""
+    from fedi2i.audit.cells import AuditContext
+    from fedi2i.config import load_config
+    from fedi2i.io import write_json
+    from fedi2i.runfolder import RUN_FILE, run_fingerprint
+
+    run, marker = planted
+    audit = tmp_path / "audit"
+    cfg = load_config("tiny", {"data.root": str(phantom_root), "attacks.audit": {
+        "defences": ["none"], "centralised_baseline": False, "membership": False, "inversion": False,
+        "poisoning": False}})
+    ctx = AuditContext(cfg, audit)
+    shutil.copytree(run, ctx.run_dir("none"))
+    write_json(ctx.run_dir("none") / RUN_FILE, {"fingerprint": run_fingerprint(ctx.run_config("none"), False)})
+    before = tree_hash(ctx.run_dir("none"))
+    result = run_cli("audit", "-p", "tiny", "--data", phantom_root, "--out", audit, "-q", "--set",
+                     AUDIT_ONLY_BASELINE)
+    # the audit records the refused run as a failed cell and goes on to write its report
+    assert result.code in (0, EXIT_RUN_STATE), str(result)
+    assert "checkpoint.pt is unreadable" in result.output and "pickled objects" in result.output, str(result)
+    assert "Traceback" not in result.output, str(result)
+    assert not marker.exists(), "code from a file in the run folder ran"
+    assert_unchanged(before, ctx.run_dir("none"))
+
+
 # --- Flower settings -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("address,name", [("127.0.0.1:99999", "99999"), ("127.0.0.1:0", "port 0"),
