@@ -36,8 +36,9 @@ def _rotation_x(degrees: float) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def copies(tmp_path_factory: pytest.TempPathFactory) -> dict[str, PatientVolumes]:
-    """The canonical head and its flipped, oblique and anisotropic copies, each written and read back."""
+def copies_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A dataset of the canonical head (1BA001) and its flipped (1BB001), oblique (1BC001) and anisotropic
+    (1BD001) copies."""
     root = tmp_path_factory.mktemp("geometry")
     mr, ct, mask = make_phantom_head((40, 96, 96), seed=11)
     # air above and below the head, so that the 12 degree copy does not cut it off
@@ -55,9 +56,29 @@ def copies(tmp_path_factory: pytest.TempPathFactory) -> dict[str, PatientVolumes
                   origin=corner, direction=np.diag([-1.0, -1.0, 1.0]), mr_dtype=np.uint16)
     write_regridded(root, "1BC001", images, (SPACING,) * 3, _rotation_x(12.0), fmt="mha")
     write_regridded(root, "1BD001", images, (1.2, 1.2, 2.0), np.eye(3))
-    records = {r.centre: r for r in scan_dataset(root)}
+    return root
+
+
+@pytest.fixture(scope="module")
+def copies(copies_root: Path) -> dict[str, PatientVolumes]:
+    """The canonical head and its copies, as read back."""
+    records = {r.centre: r for r in scan_dataset(copies_root)}
     return {name: load_patient(records[c]) for name, c in
             (("canonical", "A"), ("flipped", "B"), ("oblique", "C"), ("anisotropic", "D"))}
+
+
+def test_data_inspect_shows_orientation_spacing_dtype_and_flags_oblique(copies_root: Path) -> None:
+    from typer.testing import CliRunner
+
+    from fedi2i.cli import app
+
+    result = CliRunner().invoke(app, ["data", "inspect", str(copies_root)], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[1]: line for line in result.output.splitlines() if line.startswith("│ 1B")}
+    assert "LPS" in rows["1BA001"] and "float32" in rows["1BA001"] and "oblique" not in rows["1BA001"]
+    assert "RAS" in rows["1BB001"] and "uint16" in rows["1BB001"]
+    assert "oblique 12.0 deg" in rows["1BC001"] and "oblique" not in rows["1BD001"]
+    assert "2.00, 1.20, 1.20" in rows["1BD001"]
 
 
 def test_copies_are_stored_as_another_hospital_would(copies: dict[str, PatientVolumes]) -> None:
