@@ -94,7 +94,7 @@ def start_model(config: Config, data: FederatedData, stage: str, work_dir: Path,
         base_run_dir = work_dir / f"base-{config.model.norm}"
         base_cfg = _with(config, {"train.rounds": trained_rounds, "federation.record_rounds": "none",
                                   "federation.eval_every": 0, "secagg.enabled": False, "dp.enabled": False})
-        train(base_cfg, base_run_dir, data)
+        train(base_cfg, base_run_dir, data, RunOptions(native_eval=False))
     path = Path(base_run_dir) / CHECKPOINT
     if not path.exists():
         raise RecordError(f"{base_run_dir} has no {CHECKPOINT}: give a trained run folder as the base run")
@@ -115,6 +115,8 @@ def victim_config(config: Config, setting: VictimSetting, round_index: int) -> C
         "federation.record_rounds": [round_index], "federation.record_fp16": False,
         "federation.eval_every": 0, "federation.min_clients": 1,
         "secagg.enabled": setting.defence == "secagg",
+        # each client holds one batch: weight 1 at that count keeps SecAgg's full precision
+        "secagg.max_weight": setting.batch_size,
         "dp.enabled": setting.defence == "dp", "dp.mode": "update", "dp.clip": setting.clip,
         "dp.noise_multiplier": setting.noise_multiplier if setting.noise_multiplier is not None else 0.0,
     })
