@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import pickle
 import random
 import time
 import traceback
@@ -87,8 +88,27 @@ def run_cell(cell: AuditCell, store: CellStore, seed: int = 0) -> dict[str, Any]
 _WORKER: dict[str, Any] = {}
 
 
-def _worker_init(config: Config, out_dir: str, threads: int) -> None:
-    """Once per worker: the preset's thread count and the same plan as the parent (data loaded lazily)."""
+def _log_setup() -> tuple[int, logging.Formatter | None] | None:
+    """The parent's logging (level, format), so a worker's warnings read like the parent's."""
+    root = logging.getLogger()
+    if not root.handlers:
+        return None
+    formatter = root.handlers[0].formatter
+    try:
+        pickle.dumps(formatter)
+    except Exception:  # a host's own formatter (e.g. a test runner's) need not travel: use the default
+        formatter = None
+    return root.level, formatter
+
+
+def _worker_init(config: Config, out_dir: str, threads: int,
+                 logs: tuple[int, logging.Formatter | None] | None) -> None:
+    """Once per worker: the parent's logging, the preset's thread count and the same plan as the parent."""
+    if logs is not None:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logs[1])
+        logging.getLogger().addHandler(handler)
+        logging.getLogger().setLevel(logs[0])
     torch.set_num_threads(threads)
     _WORKER["cells"] = {c.key: c for c in build_cells(AuditContext(config, Path(out_dir)))}
     _WORKER["store"] = CellStore(Path(out_dir))
@@ -109,7 +129,8 @@ class _Scheduler:
     def _new_pool(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=_worker_init,
-                                   initargs=(self.config, str(self.out_dir), _threads(self.config, self.workers)))
+                                   initargs=(self.config, str(self.out_dir), _threads(self.config, self.workers),
+                                             _log_setup()))
 
     def run(self, cells: list[AuditCell], on_start: Callable[[list[str]], None],
             on_done: Callable[[AuditCell, dict[str, Any]], None]) -> None:
