@@ -5,12 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 from fedi2i.audit.findings import inversion_margin, summarise
+from fedi2i.audit.schema import InversionResult, PoisonResult, CellResult
+
+
+def _cell(kind: str, result: CellResult) -> dict[str, Any]:
+    """A stored cell built through the audit's schema, so these fixtures break when the schema changes."""
+    return {"kind": kind, "status": "ok", "result": result.to_dict()}
 
 
 def _inversion(key: str, method: str, mri: float, ct: float, empty: tuple[float, float]) -> dict[str, Any]:
-    return {"kind": "inversion", "status": "ok", "result": {
-        "key": key, "method": method, "batch": 1, "defence": "none", "mri_ssim": mri, "mri_psnr": 9.0,
-        "ct_ssim": ct, "ct_psnr": 9.0, "background": {"mri_ssim": empty[0], "ct_ssim": empty[1]}}}
+    return _cell("inversion", InversionResult(
+        key=key, method=method, batch=1, defence="none", mri_ssim=mri, mri_psnr=9.0, ct_ssim=ct, ct_psnr=9.0,
+        background={"mri_ssim": empty[0], "ct_ssim": empty[1]}))
 
 
 def _comparison(comps: list, finding: str):
@@ -33,8 +39,8 @@ def test_inversion_verdict_discounts_the_empty_image_level() -> None:
 
 
 def _poison(rule: str, attack: str, level: str, mae: float) -> dict[str, Any]:
-    return {"kind": "poison", "status": "ok", "result": {"status": "done", "rule": rule, "attack": attack,
-                                                         "level": level, "unseen_mean": {"mae": mae}}}
+    return _cell("poison", PoisonResult(key=f"{rule}-{attack}-{level}", status="done", rule=rule, attack=attack,
+                                        level=level, n_malicious=0, unseen_mean={"mae": mae}))
 
 
 def _detection(margin_one: float, margin_two: float) -> dict[str, Any]:
@@ -65,7 +71,7 @@ def test_collapsed_federation_counts_as_inoperative_for_any_attack() -> None:
         ("fedavg", "data_noise", "high", 320.0), ("fedmedian", "none", "none", 300.0),
         ("fedmedian", "data_noise", "high", 310.0), ("fedmedian", "update_noise", "high", 315.0)]}
     for cell in cells.values():
-        cell["result"]["n_malicious"] = 1
+        cell["result"].update(n_malicious=1, tolerates=1 if cell["result"]["rule"] == "fedmedian" else 0)
     collapsed = _poison("fedavg", "update_noise", "high", float("nan"))
     collapsed["result"].update({"collapsed": True, "n_malicious": 1, "unseen_mean": {}})
     cells["poison/fedavg-update_noise-high"] = collapsed

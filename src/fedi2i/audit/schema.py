@@ -41,7 +41,7 @@ def finite_json(value: Any) -> Any:
         return str(value)
 
 
-class _Result(BaseModel):
+class CellResult(BaseModel):
     """A cell's result: the fields the audit reads are typed; the rest travels along untouched."""
 
     model_config = ConfigDict(extra="allow")
@@ -50,7 +50,7 @@ class _Result(BaseModel):
         return self.model_dump(mode="json")
 
 
-class TrainResult(_Result):
+class TrainResult(CellResult):
     run_dir: str
     unseen: dict[str, Metrics] | None = None
     seen: dict[str, Metrics] | None = None
@@ -59,11 +59,11 @@ class TrainResult(_Result):
     figures: list[str] = Field(default_factory=list)
 
 
-class MembershipResult(_Result):
+class MembershipResult(CellResult):
     methods: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
-class InversionResult(_Result):
+class InversionResult(CellResult):
     method: str
     batch: int
     defence: str
@@ -75,7 +75,7 @@ class InversionResult(_Result):
     figure: str | None = None
 
 
-class PoisonResult(_Result):
+class PoisonResult(CellResult):
     key: str
     rule: str
     attack: str
@@ -91,7 +91,7 @@ class PoisonResult(_Result):
     detector: dict[str, Any] | None = None
 
 
-RESULT_MODELS: dict[str, type[_Result]] = {"train": TrainResult, "membership": MembershipResult,
+RESULT_MODELS: dict[str, type[CellResult]] = {"train": TrainResult, "membership": MembershipResult,
                                            "inversion": InversionResult, "poison": PoisonResult}
 
 
