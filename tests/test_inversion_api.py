@@ -138,9 +138,9 @@ def test_cli_attacks_a_recorded_round(victim_run: Path, tmp_path: Path) -> None:
     result = json.loads((out / "ig-r0-B.json").read_text())
     assert result["truth_scope"] == "batch" and result["batch"] == 2 and (out / "figures" / "ig-r0-B.png").exists()
     bad = runner.invoke(app, ["attack", "inversion", "--run", str(victim_run), "--round", "7", "--quiet"])
-    assert bad.exit_code == 2 and "round 7 was not recorded" in bad.output
+    assert bad.exit_code == 4 and "round 7 was not recorded" in bad.output  # run-folder state: exit 4
     bad = runner.invoke(app, ["attack", "inversion", "--run", str(victim_run), "--client", "Q", "--quiet"])
-    assert bad.exit_code == 2 and "client 'Q'" in bad.output
+    assert bad.exit_code == 4 and "client Q is not in round 0" in bad.output
 
 
 def test_long_local_training_is_replayed_in_capped_steps() -> None:
