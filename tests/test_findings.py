@@ -120,3 +120,13 @@ def test_only_majority_scenarios_give_no_verdict() -> None:
     assert _comparison(comps, "FedMedian restores").status == "not measured"
     assert _comparison(comps, "Low noise is stealthy").status == "not measured"
     assert next(t for t in threats if t.threat.startswith("Stealthy")).verdict == "not measured"
+
+
+def test_stealth_without_finite_detector_scores_is_not_measured() -> None:
+    """Every attacker's score non-finite (NaN updates): no margin, so no stealth verdict either way."""
+    detection = _detection(margin_one=2.0, margin_two=-0.4)
+    detection["data_noise"]["margin"]["low"] = {"all": None, "1": None, "2": None}
+    threats, comps = summarise(_scenario(n_clients=5), detection)
+    stealth = next(t for t in threats if t.threat.startswith("Stealthy"))
+    assert stealth.verdict == "not measured" and "1 malicious: not measured at low" in stealth.exposure
+    assert _comparison(comps, "Low noise is stealthy").status == "not measured"

@@ -350,29 +350,32 @@ def _stealth(det: dict[str, Any], low: str, majority: set[str] = frozenset()) ->
     """Is the lowest noise level separable from honest centres? Judged by the detector's margin (lowest
     attacker score minus highest honest score) per number of malicious centres, not the pooled AUC, which
     can be high while an honest centre still outscores an attacker. Majority attacks are listed but judge
-    nothing: a detector that scores centres against the others cannot be expected to single out a majority."""
+    nothing: a detector that scores centres against the others cannot be expected to single out a majority.
+    Nor does a split without a finite margin (every attacker's score non-finite): it is "not measured"."""
     stops = det.get("stops_separating_at_by_malicious") or {}
     margins = det.get("margin", {}).get(low, {})
     majority = set(majority) | set(det.get("majority_splits") or ())
-    all_splits = sorted((k for k in stops if k != "all"), key=int)
-    splits = [k for k in all_splits if k not in majority] or ([] if all_splits else ["all"])
+    all_splits = sorted((k for k in stops if k != "all"), key=int) or ["all"]
+    splits = [k for k in all_splits if k not in majority and margins.get(k) is not None]
 
     def said(split: str) -> str:
         who = "pooled runs" if split == "all" else f"{split} malicious"
         if split in majority:
             who += " (majority attack, not judged)"
+        if margins.get(split) is None:
+            return f"{who}: not measured at {low} (no finite detector score)"
         stop = stops.get(split)
         where = f"not separated up to level {stop}" if stop else "separated at every level"
         return f"{who}: {where} (margin at {low} {_fmt(margins.get(split))})"
 
-    text = "; ".join(said(k) for k in (all_splits or ["all"]))
+    text = "; ".join(said(k) for k in all_splits)
     auc = "detector AUC per level: " + ", ".join(f"{lv} {_fmt(a)}" for lv, a in det["auc"].items())
     finding = ("Low noise is stealthy (looks like heterogeneity)", "indistinguishable from natural heterogeneity")
     if not splits:
-        note = text + "; every scenario is a majority attack, so no verdict"
+        note = text + "; no scenario with an honest majority and finite scores, so no verdict"
         return (Threat("Stealthy low-level poisoning", note, "update monitor (robust z-scores over rounds)", auc,
                        "not measured"), Comparison(*finding, note, "not measured"))
-    hidden = [k for k in splits if margins.get(k) is None or margins[k] < MIN_GAP]
+    hidden = [k for k in splits if margins[k] < MIN_GAP]
     stealthy_alone = splits[0] in hidden  # the fewest malicious centres: the detector's design case
     verdict = "high" if stealthy_alone else "medium" if hidden or any(stops.get(k) for k in splits) else "low"
     threat = Threat("Stealthy low-level poisoning", text, "update monitor (robust z-scores over rounds)", auc, verdict)

@@ -67,7 +67,7 @@ def guarantee_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         n, m, tol = n_clients_of(r), r["n_malicious"], r.get("tolerates", 0)
         majority = majority_attack(m, n)
         why = ("majority attack: half or more of the clients are malicious" if majority else
-               f"{m} malicious exceed the {tol} the rule tolerates with {n} clients" if m > tol else "")
+               f"{m} malicious, more than the {tol} the rule tolerates with {n} clients" if m > tol else "")
         seen[(r["rule"], m)] = {"rule": r["rule"], "n_malicious": m, "n_clients": n, "tolerates": tol,
                                 "majority": majority, "guarantee": "void" if why else "holds", "why": why}
     return sorted(seen.values(), key=lambda g: (g["rule"], g["n_malicious"]))
