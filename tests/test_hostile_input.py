@@ -242,6 +242,7 @@ def test_fresh_removes_the_old_record(phantom_root: Path, run_copy: Path) -> Non
     assert sorted(p.name for p in (run_copy / "record").glob("round_*")) == ["round_0000.safetensors"]
     assert not (run_copy / "attacks").exists()
     assert json.loads((run_copy / "metrics.json").read_text())["rounds_done"] == 1
+    assert "MAE (HU)" in result.stdout and "…" not in result.stdout, "the metrics table was cut to 80 columns"
 
 
 def test_default_folder_never_resumes_another_config(phantom_root: Path, trained: Path, tmp_path: Path) -> None:

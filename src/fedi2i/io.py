@@ -62,10 +62,10 @@ def save_safetensors(path: Path, tensors: dict[str, Any], metadata: dict[str, st
     write_bytes(path, save(tensors, metadata=metadata))
 
 
-def save_npz(path: Path, **arrays: Any) -> None:
+def save_npz(path: Path, compressed: bool = False, **arrays: Any) -> None:
     import numpy as np
 
-    _atomic(path, lambda f: np.savez(f, **arrays))
+    _atomic(path, lambda f: (np.savez_compressed if compressed else np.savez)(f, **arrays))
 
 
 def save_figure(path: Path, figure: Any, **kwargs: Any) -> None:

@@ -11,17 +11,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from fedi2i.data.slices import unit_to_hu  # noqa: E402
+from fedi2i.io import save_figure  # noqa: E402
 
 CT_WINDOW = (-1000.0, 1500.0)
 
 
 def save_atomic(fig: plt.Figure, path: Path) -> Path:
     """Write a PNG through a temporary name so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".part.png")
-    fig.savefig(tmp, dpi=100, bbox_inches="tight")
+    save_figure(path, fig, dpi=100, bbox_inches="tight")
     plt.close(fig)
-    tmp.replace(path)
     return path
 
 

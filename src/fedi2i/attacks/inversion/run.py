@@ -31,7 +31,7 @@ from fedi2i.attacks.inversion.victim import (VictimSetting, _with, dp_epsilon, d
 from fedi2i.config import Config
 from fedi2i.data.federation import FederatedData
 from fedi2i.errors import ConfigError
-from fedi2i.io import read_json
+from fedi2i.io import read_json, write_text
 
 
 @dataclass(frozen=True)
@@ -195,10 +195,7 @@ def _json_default(value: Any) -> Any:
 
 
 def _write_text(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    write_text(path, text)
     return path
 
 

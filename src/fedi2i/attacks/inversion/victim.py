@@ -30,6 +30,7 @@ from fedi2i.errors import ConfigError, RecordError
 from fedi2i.fl.client import loss_fn, make_optimiser
 from fedi2i.fl.engine import CHECKPOINT, load_checkpoint
 from fedi2i.fl.params import ParamSpec
+from fedi2i.io import write_json
 from fedi2i.models import build_unet
 from fedi2i.training import RunOptions, build_engine, train
 
@@ -138,9 +139,7 @@ def victim_round(config: Config, data: FederatedData, setting: VictimSetting, wo
     engine = build_engine(cfg, data, run_dir, RunOptions(data_transforms=transforms))
     dump_config(cfg, run_dir / "config.yaml")
     engine.run_round(round_index, vector)
-    tmp = marker.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"setting": setting.__dict__, "round": round_index, "picks": picks}, indent=2))
-    tmp.replace(marker)
+    write_json(marker, {"setting": setting.__dict__, "round": round_index, "picks": picks})
     return run_dir
 
 

@@ -24,6 +24,7 @@ from fedi2i.attacks.membership.signals import ModelProbe, cosine_to
 from fedi2i.config import ModelConfig
 from fedi2i.errors import RecordError, RunStateError
 from fedi2i.fl.observer import RoundView, ServerRecord
+from fedi2i.io import save_npz
 from fedi2i.models import build_unet
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
@@ -57,9 +58,7 @@ class Signals:
         arrays = {k: getattr(self, k) for k in self.ARRAYS if getattr(self, k) is not None}
         meta = json.dumps({"rounds": self.rounds, "clients": self.clients, "secure": self.secure,
                            "seconds": self.seconds})
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez_compressed(tmp, meta=np.array(meta), **arrays)
-        tmp.replace(path)
+        save_npz(path, compressed=True, meta=np.array(meta), **arrays)
 
     @classmethod
     def load(cls, path: Path) -> "Signals":

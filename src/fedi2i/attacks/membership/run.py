@@ -25,7 +25,7 @@ from fedi2i.attacks.membership.settings import METHODS, MembershipSettings, Sign
 from fedi2i.config import load_config
 from fedi2i.data.federation import FederatedData, load_federation
 from fedi2i.errors import DataError, RecordError
-from fedi2i.io import write_json
+from fedi2i.io import write_json, write_text
 from fedi2i.fl.observer import ServerRecord
 
 SCORERS: dict[str, Scorer] = {
@@ -168,12 +168,6 @@ def score_methods(sig: Signals, cands: Candidates, clients: list[str], settings:
     return results, curves
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.2f}"
 
@@ -220,8 +214,8 @@ def write_outputs(result: dict[str, Any], curves: dict[str, dict[str, dict[str, 
     write_json(out_dir / RESULTS_JSON, result)
     if sig is not None:
         sig.save(out_dir / SIGNALS_NPZ)
-    _write_text(out_dir / "membership.csv", csv_rows(result))
-    _write_text(out_dir / "membership.md", markdown_table(result))
+    write_text(out_dir / "membership.csv", csv_rows(result))
+    write_text(out_dir / "membership.md", markdown_table(result))
     subtitle = "secure aggregation: target = aggregate model" if result["secure"] else ""
     for method, per_centre in curves.items():
         if per_centre:

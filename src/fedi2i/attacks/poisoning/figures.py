@@ -14,6 +14,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from fedi2i.io import save_figure  # noqa: E402
+
 
 def _nan(values: Sequence[float | None]) -> list[float]:
     """Non-finite numbers are stored as None; matplotlib leaves a gap for NaN."""
@@ -22,11 +24,8 @@ def _nan(values: Sequence[float | None]) -> list[float]:
 
 def save(fig: plt.Figure, path: Path) -> Path:
     """Atomic PNG write (a reader never sees half an image)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    save_figure(path, fig, dpi=110, bbox_inches="tight")
     plt.close(fig)
-    tmp.replace(path)
     return path
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from fedi2i.io import write_json
+from fedi2i.io import write_json, write_text
 
 MIN_GAP = 0.5  # in units of the running score (robust z): half a robust standard deviation
 QUALITY_COLUMNS = ("key", "rule", "attack", "level", "n_malicious", "malicious", "tolerates", "n_clients",
@@ -296,12 +296,6 @@ def guarantee_markdown(guarantees: list[dict[str, Any]]) -> str:
     lines += [f"| {g['rule']} | {g['n_malicious']} | {_fmt(g['n_clients'])} | {g['tolerates']} | "
               f"{g['guarantee']}{': ' + g['why'] if g['why'] else ''} |" for g in guarantees]
     return "\n".join(lines) + "\n"
-
-
-def write_text(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]], columns: Iterable[str]) -> None:

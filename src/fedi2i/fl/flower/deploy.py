@@ -36,6 +36,7 @@ import yaml
 
 from fedi2i.config import Config
 from fedi2i.errors import ConfigError, Fedi2iError
+from fedi2i.io import write_text
 from fedi2i.fl.flower import protocol as P
 
 log = logging.getLogger(__name__)
@@ -112,10 +113,7 @@ def app_pyproject(config: Config, run_dir: str | Path, *, poll_interval: float =
 def write_app(app_dir: Path, config: Config, run_dir: str | Path, **options: Any) -> Path:
     """Write the app folder (just its ``pyproject.toml``); returns the folder."""
     app_dir = Path(app_dir)
-    app_dir.mkdir(parents=True, exist_ok=True)
-    tmp = app_dir / "pyproject.toml.tmp"
-    tmp.write_text(app_pyproject(config, run_dir, **options))
-    tmp.replace(app_dir / "pyproject.toml")
+    write_text(app_dir / "pyproject.toml", app_pyproject(config, run_dir, **options))
     return app_dir
 
 
