@@ -3,7 +3,7 @@
 The SuperLink starts this app in its own process for each ``flwr run``; the run config (written by
 :func:`fedi2i.fl.flower.deploy.write_app`) carries the fedi2i config as YAML and the run folder.
 The Grid is polled here with a short interval instead of ``Grid.send_and_receive`` (which sleeps 3 s
-between polls): a secure round is four exchanges, so the polling interval adds up.
+between polls): a secure round is five exchanges, so the polling interval adds up.
 """
 
 from __future__ import annotations
