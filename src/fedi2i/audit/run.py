@@ -125,6 +125,7 @@ class _Scheduler:
     def __init__(self, config: Config, out_dir: Path, store: CellStore, workers: int) -> None:
         self.config, self.out_dir, self.store, self.workers = config, out_dir, store, workers
         self.pool: ProcessPoolExecutor | None = None
+        self._submitted: set[Future[dict[str, Any]]] = set()  # futures of the current pool
 
     def _new_pool(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
@@ -154,7 +155,9 @@ class _Scheduler:
                     elif len(running) < self.workers:
                         pending.remove(cell)
                         self.pool = self.pool or self._new_pool()  # none started if nothing is left to run
-                        running[self.pool.submit(_worker_run, cell.key)] = cell
+                        future = self.pool.submit(_worker_run, cell.key)
+                        self._submitted.add(future)
+                        running[future] = cell
                 on_start([c.title for c in running.values()])
                 if not running:
                     if pending and not any(ready(c) for c in pending):
@@ -170,16 +173,17 @@ class _Scheduler:
                 self.pool.shutdown(wait=False, cancel_futures=True)
 
     def _result(self, cell: AuditCell, future: Future[dict[str, Any]]) -> dict[str, Any]:
-        """The worker's entry; a worker that died takes only its own cell down (the pool is rebuilt)."""
+        """The worker's entry. A worker that dies breaks the pool: every cell running in it is recorded as
+        failed (and retried by the next run, like any failed cell), and a new pool takes the rest."""
         try:
             return future.result()
         except BrokenProcessPool as exc:
-            assert self.pool is not None
-            self.pool.shutdown(wait=False, cancel_futures=True)
-            self.pool = self._new_pool()
+            if self.pool is not None and future in self._submitted:  # the first report of this pool's end
+                self.pool.shutdown(wait=False, cancel_futures=True)
+                self.pool, self._submitted = None, set()
             entry = {"key": cell.key, "kind": cell.kind, "title": cell.title, "params": cell.params,
                      "status": "error", "seconds": 0.0,
-                     "error": f"the worker process running this cell died ({exc}); out of memory?"}
+                     "error": f"a worker process died while this cell ran ({exc}); out of memory?"}
             self.store.put(cell.key, entry)
             return entry
 
