@@ -95,6 +95,13 @@ def _missing_ct(root: Path) -> tuple[Path, list[str]]:
     return root, ["1BA002", "missing ct"]
 
 
+def _wrong_file_names(root: Path) -> tuple[Path, list[str]]:
+    p = _patient(root, "1BA002", 2)
+    for name in ("mr", "ct", "mask"):
+        (p / f"{name}.nii.gz").rename(p / f"{name.upper()}_scan.nii.gz")
+    return root, ["1BA002", "missing mr image", "mr.nii.gz"]
+
+
 def _looping_patient_link(root: Path) -> tuple[Path, list[str]]:
     (root / "1BA002").symlink_to(root / "1BA002")
     return root, [str(root / "1BA002"), "loops"]
@@ -143,6 +150,7 @@ CASES: dict[str, Callable[[Path], tuple[Path, list[str]]]] = {
     "mask-misses-head": _voxels("mask.nii.gz", _corner_mask, "misses the head"),
     "empty-mask": _voxels("mask.nii.gz", lambda: np.zeros(SHAPE), "empty"), "nan-mri": _nan_mri, "zero-byte-ct": _zero_byte_ct,
     "mask-other-grid": _mask_on_other_grid, "4d-mri": _mri_4d, "missing-ct": _missing_ct,
+    "wrong-file-names": _wrong_file_names,
     "looping-patient-link": _looping_patient_link, "looping-file-link": _looping_file_link,
     "dangling-link": _dangling_link, "single-patient-folder": _single_patient_folder,
     "task-folder": _task_folder, "not-synthrad": _not_synthrad, "no-centre-in-id": _no_centre_in_id,

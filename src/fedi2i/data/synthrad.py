@@ -137,8 +137,9 @@ def _not_synthrad(root: Path, folders: list[Path]) -> DataError:
 def scan_dataset(root: Path, mapping: dict[str, str] | None = None) -> list[PatientRecord]:
     """List the patient folders under ``root`` (missing files are kept so validation can name them).
 
-    A folder counts as a patient when it holds at least one of mr/ct/mask; a root without any is not
-    the SynthRAD layout and raises a DataError saying what was expected.
+    A folder counts as a patient when it holds one of mr/ct/mask or is named like one (``1BA001``, or
+    in the mapping); a root without any is not the SynthRAD layout and raises a DataError saying what
+    was expected.
     """
     root = Path(root)
     if root.is_symlink():
@@ -158,9 +159,9 @@ def scan_dataset(root: Path, mapping: dict[str, str] | None = None) -> list[Pati
     records = []
     for folder in folders:
         files = {m: f for m in MODALITIES if (f := _find_file(folder, m)) is not None}
-        if not files:
-            continue  # not a patient folder (e.g. a notes/ or overview/ folder beside the patients)
         pid = folder.name
+        if not files and centre_from_id(pid) is None and pid not in (mapping or {}):
+            continue  # not a patient folder (e.g. a notes/ or overview/ folder beside the patients)
         centre = (mapping or {}).get(pid) or centre_from_id(pid)
         if centre is None:
             raise DataError(
