@@ -30,6 +30,7 @@ from fedi2i.data.federation import load_federation
 from fedi2i.training import RunOptions, train
 
 _WEIGHTED = {"train.bone_weight": 3.0, "train.background_weight": 0.1}
+_RECIPE = {"train.batch_size": 4, **_WEIGHTED, "train.lr_schedule": "onecycle", "train.augment": ["flip", "gamma"]}
 
 # option name -> overrides on the quick preset's original recipe (Adam 3e-3, cosine, batch 16, plain L1)
 BASE: dict[str, Any] = {"train.lr": 0.003, "train.lr_schedule": "cosine", "train.batch_size": 16,
@@ -53,8 +54,14 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "augment": {"train.augment": ["flip", "gamma"]},
     "stride2": {"data.slice_stride": 2},
     "channels-last": {"train.channels_last": True},
-    "recipe": {"train.batch_size": 4, **_WEIGHTED, "train.lr_schedule": "onecycle",
-               "train.augment": ["flip", "gamma"]},
+    "recipe": _RECIPE,
+    "recipe-lr0.006": {**_RECIPE, "train.lr": 0.006},
+    "recipe-lr0.01": {**_RECIPE, "train.lr": 0.01},
+    "recipe-lr0.006-group-norm": {**_RECIPE, "train.lr": 0.006, "model.norm": "group"},
+    "recipe-batch8": {**_RECIPE, "train.batch_size": 8},
+    "recipe-batch2": {**_RECIPE, "train.batch_size": 2},
+    "recipe-no-augment": {**_RECIPE, "train.augment": []},
+    "recipe-cosine": {**_RECIPE, "train.lr_schedule": "cosine"},
 }
 
 

@@ -10,7 +10,7 @@ from fedi2i.config import config_from_dict, load_config
 from fedi2i.errors import ConfigError
 
 
-@pytest.mark.parametrize("preset", ["quick", "paper", "tiny"])
+@pytest.mark.parametrize("preset", ["quick", "reference", "paper", "tiny"])
 def test_presets_validate(preset: str) -> None:
     cfg = load_config(preset)
     assert cfg.name == preset and cfg.seed == 0

@@ -112,6 +112,8 @@ def victim_config(config: Config, setting: VictimSetting, round_index: int) -> C
     return _with(config, {
         "train.optimizer": setting.optimizer, "train.local_steps": setting.local_steps,
         "train.batch_size": setting.batch_size, "train.lr": setting.lr, "train.lr_schedule": "constant",
+        # the plain loss on unaugmented slices, which the attacks replay (obs.loss)
+        "train.bone_weight": 1.0, "train.background_weight": 1.0, "train.edge_weight": 0.0, "train.augment": [],
         "train.rounds": round_index + 1, "federation.strategy": "fedavg", "federation.clients_per_round": None,
         "federation.record_rounds": [round_index], "federation.record_fp16": False,
         "federation.eval_every": 0, "federation.min_clients": 1,
