@@ -77,7 +77,7 @@ CONFIG_CASES = [
     ("set-bad-yaml", ["--set", "train.lr=[1,"], "train.lr"),
     ("set-no-equals", ["--set", "train.rounds"], "train.rounds"),
     ("set-no-key", ["--set", "=3"], "--set"),
-    ("strategy-unknown", ["--strategy", "fedmean"], "federation.strategy"),
+    ("strategy-unknown", ["--strategy", "fedmean"], "--strategy"),
     ("secagg-with-median", ["--strategy", "fedmedian", "--secagg"], "fedmedian"),
     ("dp-delta", ["--set", "dp.delta=2"], "dp.delta"),
     ("trimmed-beta", ["--set", "federation.trimmed_beta=0.7"], "federation.trimmed_beta"),

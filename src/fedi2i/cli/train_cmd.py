@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import re
+from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import Optional, get_args
 
 import typer
 from rich.table import Table
 
 from fedi2i.cli.app import app, check_out_folder, console, load_cli_config, setup_logging
 from fedi2i.cli.progress import round_progress
-from fedi2i.config import Config
+from fedi2i.config import Config, FederationConfig
 from fedi2i.errors import ConfigError
 from fedi2i.runfolder import check_resumable, run_fingerprint
 
-STRATEGIES = "fedavg|fedprox|fedmedian|trimmed|krum|multikrum|bulyan"
+# The aggregation rules the config accepts, as a choice typer checks and lists in --help.
+Strategy = Enum("Strategy", {s: s for s in get_args(FederationConfig.model_fields["strategy"].annotation)}, type=str)
 
 
 def parse_rounds(text: Optional[str]) -> object:
@@ -36,7 +38,7 @@ def train_command(
     out: Optional[Path] = typer.Option(None, help="Run folder, resumed if it holds an unfinished run of the same "
                                                   "settings (default: runs/<config>-<strategy>, see below)."),
     centralised: bool = typer.Option(False, "--centralised", help="Pool every training centre (baseline)."),
-    strategy: Optional[str] = typer.Option(None, help=f"Aggregation rule: {STRATEGIES}."),
+    strategy: Optional[Strategy] = typer.Option(None, help="Aggregation rule."),
     secagg: bool = typer.Option(False, "--secagg", help="Secure aggregation (FedAvg weighting)."),
     dp: bool = typer.Option(False, "--dp", help="Differential privacy on client updates (clip + noise)."),
     rounds: Optional[int] = typer.Option(None, help="Override the number of rounds."),
@@ -57,8 +59,8 @@ def train_command(
     """
     setup_logging(verbose)
     check_out_folder(out)
-    cfg = load_cli_config(config, set_, federation__strategy=strategy, train__rounds=rounds, data__root=data,
-                          data__skip_bad=skip_bad or None,
+    cfg = load_cli_config(config, set_, federation__strategy=strategy and strategy.value, train__rounds=rounds,
+                          data__root=data, data__skip_bad=skip_bad or None,
                           federation__record_rounds=parse_rounds(record_rounds),
                           secagg__enabled=secagg or None, dp__enabled=dp or None)
     out = out or default_run_dir(cfg, centralised)
