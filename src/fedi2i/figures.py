@@ -13,12 +13,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from fedi2i.data.slices import SliceSet, unit_to_hu  # noqa: E402
+from fedi2i.io import save_figure  # noqa: E402
 from fedi2i.tissue_metrics import bone_dice, region_mae, tissue_masks  # noqa: E402
 
 
 def save(fig: plt.Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    save_figure(path, fig, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 

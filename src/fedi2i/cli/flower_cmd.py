@@ -16,6 +16,7 @@ from rich.table import Table
 from fedi2i.cli.app import app, check_out_folder, console, load_cli_config, setup_logging
 from fedi2i.errors import ConfigError
 from fedi2i.fl.flower import deploy
+from fedi2i.io import write_text
 
 flower_app = typer.Typer(help="Run the federation on Flower: each hospital a SuperNode (needs the flower extra: pip install 'fedi2i\\[flower]').",
                          no_args_is_help=True)
@@ -69,9 +70,8 @@ def config_command(
         console.print(commands, markup=False, highlight=False)
     else:
         deploy.write_app(out / "app", cfg, run_dir)
-        (out / "flwr-home").mkdir(parents=True, exist_ok=True)
-        (out / "flwr-home" / "config.toml").write_text(connection)
-        (out / "commands.txt").write_text(commands + "\n")
+        write_text(out / "flwr-home" / "config.toml", connection)
+        write_text(out / "commands.txt", commands + "\n")
         console.print(f"wrote {out / 'app' / 'pyproject.toml'}, {out / 'flwr-home' / 'config.toml'} and "
                       f"{out / 'commands.txt'} (see docs/deployment.md)", markup=False)
     try:
