@@ -125,7 +125,8 @@ def detector_roc(detection: dict[str, Any], attack: str, path: Path) -> Path:
     a2.set_ylabel("AUC")
     a2.set_title("ROC AUC over rounds")
     for ax in (a1, a2):
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:  # no curve when no level has finite scores on both sides
+            ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     fig.suptitle(f"poisoned-update detector, {attack}")
     fig.tight_layout()
