@@ -308,16 +308,18 @@ def write_report(config: Config, out_dir: Path, cells_planned: list[AuditCell], 
     for name, build in SECTIONS:
         html.append(_guarded(errors, f"section {name}", lambda build=build: build(r),
                              f"<p class='error'>The {H.esc(name)} section could not be written; see the end.</p>"))
-    results = AuditResults(
-        preset=config.name, generated=r.generated, versions=versions(), cells_planned=len(cells_planned),
-        cells_ok=sum(v.get("status") == "ok" for v in cells.values()), summary=r.threats,
-        study_comparison=r.comps, quality=_guarded(errors, "quality table", lambda: quality(cells), {}),
-        guarantees=(r.poison or {}).get("guarantees") or [], unusable=r.unusable,
-        poison_summary=finite_json({k: v for k, v in (r.poison or {}).items() if k != "markdown"}),
-        section_errors=errors, cells=cells)
     _guarded(errors, "results.csv", lambda: write_text(out_dir / "results.csv", _csv(cells)), None)
-    results.section_errors = dict(errors)
-    _guarded(errors, "results.json", lambda: results.write(out_dir / "results.json"), None)
+
+    def results() -> None:
+        AuditResults(
+            preset=config.name, generated=r.generated, versions=versions(), cells_planned=len(cells_planned),
+            cells_ok=sum(v.get("status") == "ok" for v in cells.values()), summary=r.threats,
+            study_comparison=r.comps, quality=_guarded(errors, "quality table", lambda: quality(cells), {}),
+            guarantees=(r.poison or {}).get("guarantees") or [], unusable=r.unusable,
+            poison_summary=finite_json({k: v for k, v in (r.poison or {}).items() if k != "markdown"}),
+            section_errors=dict(errors), cells=cells).write(out_dir / "results.json")
+
+    _guarded(errors, "results.json", results, None)
     path = out_dir / "report.html"
     write_text(path, H.page(f"fedi2i audit ({config.name})", html + [_section_errors(r)]))
     return path
