@@ -157,7 +157,8 @@ def run_config(run: Path) -> Config:
     try:
         return load_config(path)
     except ConfigError as exc:
-        raise RunStateError(f"{exc}\n(the run folder's config.yaml does not load; retrain the run with --fresh)") from None
+        raise RunStateError(f"{exc}\n(the run folder's config.yaml does not load; retrain the run with "
+                            "--fresh)") from None
 
 
 def fail(exc: Fedi2iError) -> NoReturn:

@@ -6,7 +6,7 @@ from contextlib import contextmanager
 from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -59,19 +59,23 @@ def _budget(settings: InversionSettings, method: str, image_size: int) -> int:
 
 @attack_app.command("inversion")
 def inversion_command(
-    run: Path = typer.Option(..., "--run", help="Run folder holding the curious-server record (record/)."),
-    client: Optional[str] = typer.Option(None, "--client", help="Centre whose update is attacked (default: first)."),
-    round_: Optional[int] = typer.Option(None, "--round", help="Recorded round to attack (default: the first)."),
-    method: Method = typer.Option(Method.i2i, "--method", "-m", help="Attack."),
-    iterations: Optional[int] = typer.Option(None, help="Attack iterations (default: from the config)."),
-    images: Optional[int] = typer.Option(None, help="Images to reconstruct per client (default: batch size)."),
-    seed: Optional[int] = typer.Option(None, help="Seed of the attack's random starts."),
-    grid: bool = typer.Option(False, "--grid", help="Run the whole threat grid (attacks.inversion settings) "
-                                                    "with RUN as the trained model; writes table.md."),
-    out: Optional[Path] = typer.Option(None, help="Output folder (default: RUN/attacks/inversion)."),
-    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override a setting: --set i2i.lr=0.02"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    run: Annotated[Path, typer.Option("--run", help="Run folder holding the curious-server record (record/).")],
+    client: Annotated[Optional[str], typer.Option(
+        "--client", help="Centre whose update is attacked (default: first).")] = None,
+    round_: Annotated[Optional[int], typer.Option(
+        "--round", help="Recorded round to attack (default: the first).")] = None,
+    method: Annotated[Method, typer.Option("--method", "-m", help="Attack.")] = Method.i2i,
+    iterations: Annotated[Optional[int], typer.Option(help="Attack iterations (default: from the config).")] = None,
+    images: Annotated[Optional[int], typer.Option(
+        help="Images to reconstruct per client (default: batch size).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of the attack's random starts.")] = None,
+    grid: Annotated[bool, typer.Option(
+        "--grid", help="Run the whole threat grid (attacks.inversion settings) with RUN as the trained model; writes"
+                       " table.md.")] = False,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (default: RUN/attacks/inversion).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a setting: --set i2i.lr=0.02")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Rebuild a centre's training MRI and CT from its update, as a curious server could; scores the
     result against the true slices (SSIM/PSNR after Hungarian matching) and draws truth vs reconstruction."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -51,17 +51,18 @@ def stage_progress(enabled: bool) -> Iterator[ProgressFn | None]:
 
 @attack_app.command("membership")
 def membership_command(
-    run: Path = typer.Option(..., "--run", help="Trained run folder (holds record/ and config.yaml)."),
-    method: Optional[list[str]] = typer.Option(
-        None, "--method", "-m", help=f"Method(s), repeatable: {'|'.join(METHOD_NAMES)} (default: all)."),
-    out: Optional[Path] = typer.Option(None, help="Output folder (default: RUN/attacks/membership)."),
-    rounds: Optional[str] = typer.Option(None, help="Recorded rounds to use: all or a comma list."),
-    max_slices: Optional[int] = typer.Option(None, "--max-slices", help="Candidate slices per patient."),
-    sigma: Optional[str] = typer.Option(None, help="FedMIA reference spread: pooled|per-sample|floored."),
-    seed: Optional[int] = typer.Option(None, help="Seed of the candidate draw and bootstrap."),
-    shuffle_labels: bool = typer.Option(False, "--shuffle-labels", help="Control: permute membership labels."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    run: Annotated[Path, typer.Option("--run", help="Trained run folder (holds record/ and config.yaml).")],
+    method: Annotated[Optional[list[str]], typer.Option(
+        "--method", "-m", help=f"Method(s), repeatable: {'|'.join(METHOD_NAMES)} (default: all).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (default: RUN/attacks/membership).")] = None,
+    rounds: Annotated[Optional[str], typer.Option(help="Recorded rounds to use: all or a comma list.")] = None,
+    max_slices: Annotated[Optional[int], typer.Option("--max-slices", help="Candidate slices per patient.")] = None,
+    sigma: Annotated[Optional[str], typer.Option(help="FedMIA reference spread: pooled|per-sample|floored.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of the candidate draw and bootstrap.")] = None,
+    shuffle_labels: Annotated[bool, typer.Option(
+        "--shuffle-labels", help="Control: permute membership labels.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Who trained on which patient? FedMIA (loss / gradient) and baselines, per centre, from the
     curious-server record; under secure aggregation only what the aggregate reveals."""

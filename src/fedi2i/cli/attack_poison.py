@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -20,15 +20,18 @@ if TYPE_CHECKING:  # the attack code (torch) is imported only when the command r
 
 @attack_app.command("poison")
 def poison_command(
-    config: str = typer.Option("quick", "--config", "-c", help="Preset name (quick, paper, tiny) or YAML file; "
-                               "the matrix is read from its attacks.poison section."),
-    out: Path = typer.Option(Path("runs/poison"), help="Output folder; finished cells found there are reused."),
-    data: Optional[Path] = typer.Option(None, help="Dataset folder (default: built-in dataset, built on first use)."),
-    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override any config key, e.g. "
-                                              "--set attacks.poison.rules=[fedavg,trimmed]"),
-    plan_only: bool = typer.Option(False, "--plan", help="Only list the cells, train nothing."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    config: Annotated[str, typer.Option(
+        "--config", "-c", help="Preset name (quick, paper, tiny) or YAML file; the matrix is read from its "
+                               "attacks.poison section.")] = "quick",
+    out: Annotated[Path, typer.Option(
+        help="Output folder; finished cells found there are reused.")] = Path("runs/poison"),
+    data: Annotated[Optional[Path], typer.Option(
+        help="Dataset folder (default: built-in dataset, built on first use).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option(
+        "--set", help="Override any config key, e.g. --set attacks.poison.rules=[fedavg,trimmed]")] = None,
+    plan_only: Annotated[bool, typer.Option("--plan", help="Only list the cells, train nothing.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Train every cell of the poisoning matrix, watch it with the update detector, write tables and figures."""
     from fedi2i.attacks.poisoning import load_poison_settings, plan_poison, summarise_poison

@@ -8,7 +8,7 @@ training centre on 127.0.0.1, runs the config on them and stops every process it
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
@@ -21,8 +21,9 @@ from fedi2i.io import write_text
 flower_app = typer.Typer(help="Run the federation on Flower: each hospital a SuperNode (needs the flower extra: pip install 'fedi2i\\[flower]').",
                          no_args_is_help=True)
 
-_CONFIG = typer.Option("tiny", "--config", "-c", help="Preset name (quick, paper, tiny) or YAML file.")
-_SET = typer.Option(None, "--set", help="Override any config key: --set train.rounds=3")
+ConfigOption = Annotated[str, typer.Option("--config", "-c", help="Preset name (quick, paper, tiny) or YAML file.")]
+SetOption = Annotated[Optional[list[str]], typer.Option(
+    "--set", help="Override any config key: --set train.rounds=3")]
 
 
 def _config(config: str, set_: Optional[list[str]], secagg: bool, rounds: Optional[int]):  # noqa: ANN202
@@ -31,17 +32,20 @@ def _config(config: str, set_: Optional[list[str]], secagg: bool, rounds: Option
 
 @flower_app.command("config")
 def config_command(
-    config: str = _CONFIG,
-    out: Optional[Path] = typer.Option(None, help="Folder to write app/, flwr-home/config.toml and "
-                                                  "commands.txt into (default: print them)."),
-    superlink: str = typer.Option("127.0.0.1:8000", help="SuperLink address host:port as nodes and flwr reach it."),
-    run_dir: Path = typer.Option(Path("runs/flower"), help="Run folder on the server machine (absolute; a "
-                                                           "relative one is taken from the SuperLink's folder)."),
-    insecure: bool = typer.Option(False, "--insecure", help="No TLS (loopback try-outs only)."),
-    root_certificates: Optional[Path] = typer.Option(None, help="CA certificate the nodes and flwr trust."),
-    secagg: bool = typer.Option(False, "--secagg", help="Secure aggregation."),
-    rounds: Optional[int] = typer.Option(None, help="Override the number of rounds."),
-    set_: Optional[list[str]] = _SET,
+    config: ConfigOption = "tiny",
+    out: Annotated[Optional[Path], typer.Option(
+        help="Folder to write app/, flwr-home/config.toml and commands.txt into (default: print them).")] = None,
+    superlink: Annotated[str, typer.Option(
+        help="SuperLink address host:port as nodes and flwr reach it.")] = "127.0.0.1:8000",
+    run_dir: Annotated[Path, typer.Option(
+        help="Run folder on the server machine (absolute; a relative one is taken from the "
+             "SuperLink's folder).")] = Path("runs/flower"),
+    insecure: Annotated[bool, typer.Option("--insecure", help="No TLS (loopback try-outs only).")] = False,
+    root_certificates: Annotated[Optional[Path], typer.Option(
+        help="CA certificate the nodes and flwr trust.")] = None,
+    secagg: Annotated[bool, typer.Option("--secagg", help="Secure aggregation.")] = False,
+    rounds: Annotated[Optional[int], typer.Option(help="Override the number of rounds.")] = None,
+    set_: SetOption = None,
 ) -> None:
     """Write or print the Flower app, the connection file and the SuperLink / SuperNode commands."""
     check_out_folder(out)
@@ -100,16 +104,19 @@ def _shell(cmd: list[str]) -> str:
 
 @flower_app.command("local")
 def local_command(
-    config: str = _CONFIG,
-    out: Path = typer.Option(Path("runs/flower-local"), help="Run folder (resumed if it holds a checkpoint)."),
-    data: Optional[Path] = typer.Option(None, help="Dataset folder every local node reads its centre from "
-                                                   "(default: the built-in dataset, built on first use)."),
-    secagg: bool = typer.Option(False, "--secagg", help="Secure aggregation over Flower."),
-    rounds: Optional[int] = typer.Option(None, help="Override the number of rounds."),
-    workdir: Optional[Path] = typer.Option(None, help="Where Flower's home, the app and the process logs go."),
-    timeout: float = typer.Option(1800.0, help="Seconds to wait for the run."),
-    set_: Optional[list[str]] = _SET,
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    config: ConfigOption = "tiny",
+    out: Annotated[Path, typer.Option(
+        help="Run folder (resumed if it holds a checkpoint).")] = Path("runs/flower-local"),
+    data: Annotated[Optional[Path], typer.Option(
+        help="Dataset folder every local node reads its centre from (default: the built-in dataset, built on first "
+             "use).")] = None,
+    secagg: Annotated[bool, typer.Option("--secagg", help="Secure aggregation over Flower.")] = False,
+    rounds: Annotated[Optional[int], typer.Option(help="Override the number of rounds.")] = None,
+    workdir: Annotated[Optional[Path], typer.Option(
+        help="Where Flower's home, the app and the process logs go.")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the run.")] = 1800.0,
+    set_: SetOption = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Start a SuperLink and one SuperNode per training centre on 127.0.0.1, run, stop everything."""
     setup_logging(verbose)
@@ -138,8 +145,8 @@ def local_command(
 
 @flower_app.command("keys")
 def keys_command(
-    centres: list[str] = typer.Argument(..., help="Centre ids, e.g. A B C D."),
-    out: Path = typer.Option(Path("identity"), help="Folder for <centre>.key and federation-keys.yaml."),
+    centres: Annotated[list[str], typer.Argument(help="Centre ids, e.g. A B C D.")],
+    out: Annotated[Path, typer.Option(help="Folder for <centre>.key and federation-keys.yaml.")] = Path("identity"),
 ) -> None:
     """Create each centre's SecAgg identity key (Ed25519) and the federation's list of public keys."""
     from fedi2i.fl.secagg.identity import KEYS_FILE, write_identities

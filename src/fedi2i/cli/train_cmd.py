@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from enum import Enum
 from pathlib import Path
-from typing import Optional, get_args
+from typing import Annotated, Optional, get_args
 
 import typer
 from rich.table import Table
@@ -34,23 +34,30 @@ def parse_rounds(text: Optional[str]) -> object:
 
 @app.command("train")
 def train_command(
-    config: str = typer.Option("quick", "--config", "-c", help="Preset name (quick, paper, tiny) or YAML file."),
-    out: Optional[Path] = typer.Option(None, help="Run folder, resumed if it holds an unfinished run of the same "
-                                                  "settings (default: runs/<config>-<strategy>, see below)."),
-    centralised: bool = typer.Option(False, "--centralised", help="Pool every training centre (baseline)."),
-    strategy: Optional[Strategy] = typer.Option(None, help="Aggregation rule."),
-    secagg: bool = typer.Option(False, "--secagg", help="Secure aggregation (FedAvg weighting)."),
-    dp: bool = typer.Option(False, "--dp", help="Differential privacy on client updates (clip + noise)."),
-    rounds: Optional[int] = typer.Option(None, help="Override the number of rounds."),
-    record_rounds: Optional[str] = typer.Option(None, help="Rounds the curious server records: all, none, 0,5,9."),
-    data: Optional[Path] = typer.Option(None, help="Dataset folder (default: built-in dataset, built on first use)."),
-    skip_bad: bool = typer.Option(False, "--skip-bad", help="Leave out patients whose data fail their checks "
-                                                         "(listed in metrics.json) instead of stopping."),
-    fresh: bool = typer.Option(False, "--fresh", help="Remove the folder's earlier run (checkpoint, record, "
-                                                   "results) and start over."),
-    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override any config key: --set train.lr=1e-3"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    config: Annotated[str, typer.Option(
+        "--config", "-c", help="Preset name (quick, paper, tiny) or YAML file.")] = "quick",
+    out: Annotated[Optional[Path], typer.Option(
+        help="Run folder, resumed if it holds an unfinished run of the same settings (default: "
+             "runs/<config>-<strategy>, see below).")] = None,
+    centralised: Annotated[bool, typer.Option(
+        "--centralised", help="Pool every training centre (baseline).")] = False,
+    strategy: Annotated[Optional[Strategy], typer.Option(help="Aggregation rule.")] = None,
+    secagg: Annotated[bool, typer.Option("--secagg", help="Secure aggregation (FedAvg weighting).")] = False,
+    dp: Annotated[bool, typer.Option("--dp", help="Differential privacy on client updates (clip + noise).")] = False,
+    rounds: Annotated[Optional[int], typer.Option(help="Override the number of rounds.")] = None,
+    record_rounds: Annotated[Optional[str], typer.Option(
+        help="Rounds the curious server records: all, none, 0,5,9.")] = None,
+    data: Annotated[Optional[Path], typer.Option(
+        help="Dataset folder (default: built-in dataset, built on first use).")] = None,
+    skip_bad: Annotated[bool, typer.Option(
+        "--skip-bad", help="Leave out patients whose data fail their checks (listed in metrics.json) instead of "
+                           "stopping.")] = False,
+    fresh: Annotated[bool, typer.Option(
+        "--fresh", help="Remove the folder's earlier run (checkpoint, record, results) and start over.")] = False,
+    set_: Annotated[Optional[list[str]], typer.Option(
+        "--set", help="Override any config key: --set train.lr=1e-3")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Train the MRI-to-sCT U-Net; writes metrics.json, history.json, figures/ and the curious-server record.
 
