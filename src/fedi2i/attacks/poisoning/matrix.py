@@ -213,7 +213,8 @@ def _train_cell(config: Config, data: FederatedData, cell: PoisonCell, out_dir: 
     start = time.perf_counter()
     try:
         res = train(cfg, run_dir, data, RunOptions(data_transforms=data_t, update_transforms=update_t,
-                                                   monitors=[detector], resume=False, on_round=record))
+                                                   monitors=[detector], resume=False, on_round=record,
+                                                   native_eval=False))
     except AggregationError as exc:
         # Too few usable (finite) updates in a round: the federation stopped working, which is the outcome
         # the attack aimed for, not an error of the experiment.
