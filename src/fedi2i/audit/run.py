@@ -12,13 +12,13 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-import pickle
 import random
 import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from logging.handlers import QueueHandler, QueueListener
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from fedi2i.audit.store import CellStore
 from fedi2i.config import Config, dump_config
 
 log = logging.getLogger(__name__)
+SPAWN = multiprocessing.get_context("spawn")  # a forked copy of a process running torch threads can deadlock
 OnCell = Callable[[AuditCell, dict[str, Any]], None]
 
 
@@ -88,27 +89,13 @@ def run_cell(cell: AuditCell, store: CellStore, seed: int = 0) -> dict[str, Any]
 _WORKER: dict[str, Any] = {}
 
 
-def _log_setup() -> tuple[int, logging.Formatter | None] | None:
-    """The parent's logging (level, format), so a worker's warnings read like the parent's."""
+def _worker_init(config: Config, out_dir: str, threads: int, logs: Any, level: int) -> None:
+    """Once per worker: log records (and warnings) go to the parent, which prints them above its one
+    progress view; the preset's thread count; the same plan as the parent."""
     root = logging.getLogger()
-    if not root.handlers:
-        return None
-    formatter = root.handlers[0].formatter
-    try:
-        pickle.dumps(formatter)
-    except Exception:  # a host's own formatter (e.g. a test runner's) need not travel: use the default
-        formatter = None
-    return root.level, formatter
-
-
-def _worker_init(config: Config, out_dir: str, threads: int,
-                 logs: tuple[int, logging.Formatter | None] | None) -> None:
-    """Once per worker: the parent's logging, the preset's thread count and the same plan as the parent."""
-    if logs is not None:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logs[1])
-        logging.getLogger().addHandler(handler)
-        logging.getLogger().setLevel(logs[0])
+    root.handlers = [QueueHandler(logs)]
+    root.setLevel(level)
+    logging.captureWarnings(True)
     torch.set_num_threads(threads)
     _WORKER["cells"] = {c.key: c for c in build_cells(AuditContext(config, Path(out_dir)))}
     _WORKER["store"] = CellStore(Path(out_dir))
@@ -125,13 +112,13 @@ class _Scheduler:
     def __init__(self, config: Config, out_dir: Path, store: CellStore, workers: int) -> None:
         self.config, self.out_dir, self.store, self.workers = config, out_dir, store, workers
         self.pool: ProcessPoolExecutor | None = None
+        self.logs = SPAWN.Queue()  # the workers' log records, printed by this process
         self._submitted: set[Future[dict[str, Any]]] = set()  # futures of the current pool
 
     def _new_pool(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_worker_init,
+        return ProcessPoolExecutor(max_workers=self.workers, mp_context=SPAWN, initializer=_worker_init,
                                    initargs=(self.config, str(self.out_dir), _threads(self.config, self.workers),
-                                             _log_setup()))
+                                             self.logs, logging.getLogger().getEffectiveLevel()))
 
     def run(self, cells: list[AuditCell], on_start: Callable[[list[str]], None],
             on_done: Callable[[AuditCell, dict[str, Any]], None]) -> None:
@@ -143,6 +130,9 @@ class _Scheduler:
         def ready(cell: AuditCell) -> bool:
             return all(n in finished or n not in planned for n in cell.needs + cell.after)
 
+        handlers = logging.getLogger().handlers or [logging.lastResort]
+        listener = QueueListener(self.logs, *handlers, respect_handler_level=True)
+        listener.start()
         try:
             while pending or running:
                 for cell in list(pending):
@@ -171,6 +161,7 @@ class _Scheduler:
         finally:
             if self.pool is not None:
                 self.pool.shutdown(wait=False, cancel_futures=True)
+            listener.stop()
 
     def _result(self, cell: AuditCell, future: Future[dict[str, Any]]) -> dict[str, Any]:
         """The worker's entry. A worker that dies breaks the pool: every cell running in it is recorded as
