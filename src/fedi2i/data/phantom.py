@@ -14,6 +14,7 @@ from scipy import ndimage
 
 from fedi2i.data.geometry import DEFAULT_FOV_MM
 from fedi2i.data.synthrad import patient_id, write_patient
+from fedi2i.seeding import hash_seed
 
 # (CT HU, T1 intensity) per tissue class; T1: fat/scalp bright, bone and air dark, WM > GM > CSF.
 TISSUES = {
@@ -112,8 +113,3 @@ def build_phantom_dataset(root: Path, n_centres: int = 5, patients_per_centre: i
             write_patient(Path(root), pid, mr, ct, mask, spacing=(mm, mm, mm), fmt=fmt)
             written.append(pid)
     return written
-
-
-def hash_seed(*parts: int) -> int:
-    """Stable 32-bit seed from integers (Python's hash() is salted per process)."""
-    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from fedi2i.config import DPConfig, ModelConfig, TrainConfig
-from fedi2i.data.phantom import hash_seed
+from fedi2i.seeding import hash_seed
 from fedi2i.data.slices import SliceSet
 from fedi2i.errors import ConfigError, DataError
 from fedi2i.fl.params import ParamSpec

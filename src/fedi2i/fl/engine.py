@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from fedi2i.config import Config
-from fedi2i.data.phantom import hash_seed
+from fedi2i.seeding import hash_seed
 from fedi2i.data.slices import SliceSet
 from fedi2i.errors import RunStateError
 from fedi2i.evaluate import evaluate_centres

@@ -24,7 +24,7 @@ import torch
 from fedi2i.attacks.inversion.observation import Group, Observation
 from fedi2i.config import Config, config_from_dict, dump_config
 from fedi2i.data.federation import FederatedData
-from fedi2i.data.phantom import hash_seed
+from fedi2i.seeding import hash_seed
 from fedi2i.data.slices import SliceSet
 from fedi2i.errors import ConfigError, RecordError
 from fedi2i.fl.client import loss_fn, make_optimiser

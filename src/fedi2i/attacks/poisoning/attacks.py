@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
-from fedi2i.data.phantom import hash_seed
+from fedi2i.seeding import hash_seed
 from fedi2i.data.slices import HU_RANGE, SliceSet
 from fedi2i.errors import ConfigError
 from fedi2i.fl.client import UpdateTransform
