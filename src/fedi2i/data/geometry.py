@@ -6,7 +6,9 @@ Every volume is resampled (SimpleITK) onto one *model grid* per patient before s
   y posterior, z superior), whatever the file's direction matrix (flipped or permuted axes, oblique);
 - axial slices: an oblique volume is resampled onto axial planes;
 - physical pixels: ``image_size`` x ``image_size`` pixels of ``pixel_mm`` in-plane (a fixed field of
-  view of ``image_size * pixel_mm`` mm), centred on the body mask;
+  view of ``image_size * pixel_mm`` mm), centred on the body mask; the MRI is anti-aliased first
+  where the scan is finer, so the model's input does not depend on the scan's voxel size (the CT
+  target and the mask are sampled as they are);
 - through-plane: the native slice spacing is kept, and for a non-oblique volume the native slice
   positions too, so no slice is interpolated in z.
 
@@ -152,14 +154,15 @@ def antialias_sigma_mm(image: sitk.Image, grid: sitk.Image) -> tuple[float, floa
     return tuple(sigmas)  # type: ignore[return-value]
 
 
-def resample(image: sitk.Image, grid: sitk.Image, default: float = 0.0, linear: bool = True) -> np.ndarray:
+def resample(image: sitk.Image, grid: sitk.Image, default: float = 0.0, linear: bool = True,
+             antialias: bool = False) -> np.ndarray:
     """``image`` sampled on ``grid`` (same world positions), as a float32 (z, y, x) array.
 
-    Linear sampling onto a coarser grid is anti-aliased first (:func:`antialias_sigma_mm`), so a head
-    scanned at 1 mm and one scanned at 2 mm give the same model-grid image.
+    With ``antialias``, sampling onto a coarser grid is preceded by a Gaussian (:func:`antialias_sigma_mm`),
+    so that a head scanned at 1 mm and one scanned at 2 mm give the model the same input.
     """
     image = sitk.Cast(image, sitk.sitkFloat32)
-    sigma = antialias_sigma_mm(image, grid) if linear else (0.0, 0.0, 0.0)
+    sigma = antialias_sigma_mm(image, grid) if antialias else (0.0, 0.0, 0.0)
     if max(sigma) > 0:
         image = sitk.DiscreteGaussian(image, [s * s for s in sigma], 32, 0.01, True)
     out = sitk.Resample(image, grid, sitk.Transform(),

@@ -106,7 +106,7 @@ def mr_to_grid(mr: sitk.Image, mask: sitk.Image, settings: GridSettings,
     mask_native = sitk.GetArrayFromImage(mask) > 0.5
     grid = model_grid(mask, mask_native, settings)
     mask_g = (resample(mask, grid, 0.0) > 0.5).astype(np.float32)
-    mr_g = resample(mr, grid, 0.0)
+    mr_g = resample(mr, grid, 0.0, antialias=True)
     if not mask_g.any():
         raise DataError("the body mask falls outside the model's field of view "
                         f"({settings.fov_mm:g} mm); check the image's origin and direction")
