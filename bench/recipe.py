@@ -4,8 +4,8 @@ Each option is a set of config overrides on the quick preset (64x64 slices of th
 160k-parameter U-Net). Every option trains centralised (one client holding every training slice) and
 FedAvg (one client per centre) for the same number of epochs, one torch thread, and is scored on the
 unseen centre: whole-mask MAE, bone MAE (CT > 250 HU) and bone Dice (fedi2i.tissue_metrics). CPU-minutes
-are the process's CPU time for the run (training plus the final evaluation), which a busy machine does
-not inflate the way wall time is.
+are the process's CPU time for training (train_cpu_min) and for training plus the final evaluation
+(cpu_min), which a busy machine does not inflate the way wall time is.
 
     python bench/recipe.py                          # the table in docs/recipe.md (slow: ~1 h on one core)
     python bench/recipe.py --options base,recipe --epochs 15 --runs fedavg
@@ -73,12 +73,21 @@ def run_one(option: str, mode: str, epochs: int, out: Path, preset: str) -> dict
     cfg = load_config(preset, overrides)
     data = load_federation(cfg.data, cfg.seed, progress=False)
     cpu, wall = time.process_time(), time.perf_counter()
-    result = train(cfg, out / f"{option}-{mode}", data, RunOptions(centralised=mode == "centralised", resume=False))
-    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    last_round_cpu = [cpu]
+    options = RunOptions(centralised=mode == "centralised", resume=False,
+                         on_round=lambda _r, _e: last_round_cpu.append(time.process_time()))
+    result = train(cfg, out / f"{option}-{mode}", data, options)
+    train_cpu, cpu, wall = last_round_cpu[-1] - cpu, time.process_time() - cpu, time.perf_counter() - wall
     unseen = next(iter(result.metrics["unseen"].values()))
-    return {"option": option, "mode": mode, "epochs": epochs, "mae": unseen["mae"], "ssim": unseen["ssim"],
-            "mae_bone": unseen["mae_bone"], "mae_soft": unseen["mae_soft"], "mae_air": unseen["mae_air"],
-            "dice_bone": unseen["dice_bone"], "cpu_min": cpu / 60, "wall_min": wall / 60}
+    row = {"option": option, "mode": mode, "epochs": epochs, "mae": unseen["mae"], "ssim": unseen["ssim"],
+           "mae_bone": unseen["mae_bone"], "mae_soft": unseen["mae_soft"], "mae_air": unseen["mae_air"],
+           "dice_bone": unseen["dice_bone"], "cpu_min": cpu / 60, "train_cpu_min": train_cpu / 60,
+           "wall_min": wall / 60}
+    native = result.metrics.get("native_grid", {}).get("unseen")
+    if native:  # the same sCT resampled onto each patient's CT grid (SynthRAD scoring)
+        nat = next(iter(native.values()))
+        row.update({f"native_{k}": nat.get(k) for k in ("mae", "mae_bone", "dice_bone")})
+    return row
 
 
 def main() -> None:
@@ -100,13 +109,13 @@ def main() -> None:
         parser.error(f"unknown option(s) {unknown}; see --list")
     out = Path(tempfile.mkdtemp(prefix="fedi2i-bench-recipe-"))
     print(f"{args.preset} preset, {args.epochs} epochs, unseen centre, one thread")
-    print("| option | run | MAE (HU) | bone MAE (HU) | bone Dice | CPU-min |")
+    print("| option | run | MAE (HU) | bone MAE (HU) | bone Dice | training CPU-min |")
     print("|---|---|---|---|---|---|")
     for name in names:
         for mode in args.runs.split(","):
             r = run_one(name, mode, args.epochs, out, args.preset)
             print(f"| {name} | {mode} | {r['mae']:.1f} | {r['mae_bone']:.0f} | {r['dice_bone']:.3f} "
-                  f"| {r['cpu_min']:.2f} |", flush=True)
+                  f"| {r['train_cpu_min']:.2f} |", flush=True)
             if args.jsonl:
                 with args.jsonl.open("a") as fh:
                     fh.write(json.dumps(r) + "\n")
