@@ -28,6 +28,7 @@ from fedi2i.config import load_config
 from fedi2i.data.federation import FederatedData, load_federation
 from fedi2i.data.slices import SliceSet
 from fedi2i.training import RunOptions, train
+from recipe import BASE as OLD_RECIPE
 
 RUNS = ("centralised", "centralised-large-batch", "fedavg", "fedavg-iid")
 
@@ -44,10 +45,10 @@ def iid_partition(data: FederatedData, seed: int) -> dict[str, SliceSet]:
     return out
 
 
-def run_one(name: str, epochs: int, out: Path) -> tuple[str, dict[str, float], float]:
+def run_one(name: str, epochs: int, out: Path, recipe: str = "old") -> tuple[str, dict[str, float], float]:
     torch.set_num_threads(1)
-    cfg = load_config("quick", {"train.rounds": epochs, "federation.record_rounds": "none",
-                                "federation.eval_every": 0})
+    overrides = {"train.rounds": epochs, "federation.record_rounds": "none", "federation.eval_every": 0}
+    cfg = load_config("quick", {**(OLD_RECIPE if recipe == "old" else {}), **overrides})
     data = load_federation(cfg.data, cfg.seed, progress=False)
     if name == "centralised-large-batch":
         cfg = cfg.model_copy(update={"train": cfg.train.model_copy(
@@ -64,6 +65,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated subset of {RUNS}")
     parser.add_argument("--workers", type=int, default=2, help="runs in parallel (one thread each)")
+    parser.add_argument("--recipe", choices=("old", "quick"), default="old",
+                        help="old: the recipe these numbers were measured with (batch 16, plain L1, BatchNorm); "
+                             "quick: the quick preset's current recipe (docs/recipe.md)")
     args = parser.parse_args()
     names = [n for n in args.runs.split(",") if n]
     unknown = sorted(set(names) - set(RUNS))
@@ -72,8 +76,8 @@ def main() -> None:
     out = Path(tempfile.mkdtemp(prefix="fedi2i-bench-gap-"))
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
         results = {n: (m, s) for n, m, s in pool.map(run_one, names, [args.epochs] * len(names),
-                                                        [out] * len(names))}
-    print(f"quick preset, {args.epochs} epochs (= rounds x 1 local epoch), unseen centre")
+                                                        [out] * len(names), [args.recipe] * len(names))}
+    print(f"quick preset, {args.recipe} recipe, {args.epochs} epochs (= rounds x 1 local epoch), unseen centre")
     print(f"{'run':26s} {'MAE (HU)':>9s} {'PSNR':>6s} {'SSIM':>6s} {'train s':>8s}")
     for name in names:
         m, s = results[name]
