@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from fedi2i.attacks.poisoning.summary import detection_table, guarantee_rows, majority_attack
+from fedi2i.audit.report import summary_markdown
 from fedi2i.audit.run import run_audit
 from fedi2i.audit.schema import load_results
 from fedi2i.config import Config, load_config
@@ -65,6 +66,7 @@ def test_collapsed_poisoning_run_still_gets_a_report_and_resumes(collapsing_audi
     assert "Honest-majority assumptions" in html and "could not be written" not in html
     restores = next(c for c in results.study_comparison if c.finding.startswith("FedMedian restores"))
     assert restores.status == "not measured" and "no verdict" in restores.ours
+    assert "| FedMedian restores performance under high noise |" in summary_markdown(results)
 
     # resume: nothing is recomputed (cell files untouched) and the report is written again
     stamps = {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}

@@ -325,14 +325,12 @@ def write_report(config: Config, out_dir: Path, cells_planned: list[AuditCell], 
     return path
 
 
-def summary_markdown(results: dict[str, Any]) -> str:
-    """The summary table as markdown (for the README and the closing note)."""
+def summary_markdown(results: AuditResults) -> str:
+    """The summary tables as markdown (for the README and the closing note), from ``load_results(path)``."""
     lines = ["| threat | exposure without defence | defence | exposure with it | verdict |", "|---|---|---|---|---|"]
-    for t in results["summary"]:
-        lines.append(f"| {t['threat']} | {t['exposure']} | {t['defence']} | {t['with_defence']} | {t['verdict']} |")
+    lines += [f"| {t.threat} | {t.exposure} | {t.defence} | {t.with_defence} | {t.verdict} |" for t in results.summary]
     lines += ["", "| finding | study | fedi2i | status |", "|---|---|---|---|"]
-    for c in results["study_comparison"]:
-        lines.append(f"| {c['finding']} | {c['study']} | {c['ours']} | {c['status']} |")
+    lines += [f"| {c.finding} | {c.study} | {c.ours} | {c.status} |" for c in results.study_comparison]
     return "\n".join(lines)
 
 
