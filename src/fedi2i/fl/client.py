@@ -159,7 +159,7 @@ class LocalTrainer:
 
     def fit(self, global_vector: torch.Tensor, round_index: int, epochs: int | None = None,
             lr: float | None = None) -> ClientUpdate:
-        """Local epochs of Adam from the global model; returns the delta and the mean loss."""
+        """Local epochs of the configured optimiser from the global model; returns the delta and the mean loss."""
         epochs = epochs or self.train_cfg.local_epochs
         lr = lr if lr is not None else round_lr(self.train_cfg, round_index)
         generator = torch.Generator().manual_seed(hash_seed(self.seed, round_index, *map(ord, self.cid)))
@@ -184,11 +184,9 @@ class LocalTrainer:
                 progress = (round_index + step / len(batches)) / cfg.rounds
                 for group in optimiser.param_groups:
                     group["lr"] = lr * onecycle_factor(progress) / onecycle_factor(round_index / cfg.rounds)
-            mr, ct = self.data.mr[idx], self.data.ct[idx]
-            if cfg.augment or not plain_loss(cfg):
-                mask = self.data.mask[idx]
-                if cfg.augment:
-                    mr, ct, mask = augment_batch(cfg, mr, ct, mask, augment_gen)
+            mr, ct, mask = self.data.mr[idx], self.data.ct[idx], self.data.mask[idx]
+            if cfg.augment:
+                mr, ct, mask = augment_batch(cfg, mr, ct, mask, augment_gen)
             if cfg.channels_last:
                 mr = mr.contiguous(memory_format=torch.channels_last)
             pred = self.forward_model(mr)
