@@ -39,7 +39,8 @@ class CliResult:
         return self.stdout + self.stderr
 
     def __str__(self) -> str:  # shown by pytest when an assert fails
-        return f"fedi2i {' '.join(self.args)} -> exit {self.code}\n--- stdout\n{self.stdout}\n--- stderr\n{self.stderr}"
+        return (f"fedi2i {' '.join(self.args)} -> exit {self.code}\n--- stdout\n{self.stdout}\n"
+                f"--- stderr\n{self.stderr}")
 
 
 def cli_env(cache: Path | None = None, **extra: str) -> dict[str, str]:
@@ -86,4 +87,5 @@ def assert_unchanged(before: dict[str, str], folder: Path) -> None:
     added = sorted(set(after) - set(before))
     removed = sorted(set(before) - set(after))
     changed = sorted(k for k in set(before) & set(after) if before[k] != after[k])
-    assert not (added or removed or changed), f"run folder changed: added {added}, removed {removed}, changed {changed}"
+    assert not (added or removed or changed), \
+        f"run folder changed: added {added}, removed {removed}, changed {changed}"

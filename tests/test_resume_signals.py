@@ -1,8 +1,9 @@
-"""Training stopped by a real SIGINT or SIGKILL resumes to exactly the model an uninterrupted run ends with.
+"""Training stopped by a real SIGINT and then a real SIGKILL resumes to exactly the uninterrupted model.
 
-The installed ``fedi2i train`` runs as a subprocess; the signal is sent once its first checkpoint is on
-disk. Rerunning the same command finishes the run, and every entry of the final state dict, BatchNorm's
-``num_batches_tracked`` counters included, must be bit-identical to the uninterrupted run's.
+The installed ``fedi2i train`` runs as a subprocess. It gets SIGINT once its first checkpoint is on disk,
+is started again and gets SIGKILL once it has saved one more round, and is started a third time to
+finish. Every entry of the final state dict, BatchNorm's ``num_batches_tracked`` counters included,
+must be bit-identical to an uninterrupted run's.
 """
 
 from __future__ import annotations
@@ -12,54 +13,57 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
 import torch
 
 from tests.cli_harness import FEDI2I, cli_env, run_cli
 
-ROUNDS = "4"
+ROUNDS = 4
 
 
 def _args(data: Path, out: Path) -> list[str]:
-    return ["train", "-c", "tiny", "--data", str(data), "--out", str(out), "--rounds", ROUNDS,
+    return ["train", "-c", "tiny", "--data", str(data), "--out", str(out), "--rounds", str(ROUNDS),
             "--record-rounds", "none", "--set", "federation.eval_every=0", "-q"]
 
 
-def _state(run: Path) -> dict[str, torch.Tensor]:
-    return torch.load(run / "model.pt", weights_only=True)
+def _saved_round(out: Path) -> int:
+    return torch.load(out / "checkpoint.pt", weights_only=True)["next_round"]
 
 
-@pytest.fixture(scope="module")
-def reference(phantom_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("signals") / "uninterrupted"
-    result = run_cli(*_args(phantom_root, out))
-    assert result.code == 0, str(result)
-    return out
-
-
-@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGKILL, -signal.SIGKILL)],
-                         ids=["sigint", "sigkill"])
-def test_interrupted_training_resumes_bit_identically(phantom_root: Path, reference: Path, tmp_path: Path,
-                                                      sig: signal.Signals, code: int) -> None:
-    out = tmp_path / "run"
-    proc = subprocess.Popen([str(FEDI2I), *_args(phantom_root, out)], env=cli_env(), stdout=subprocess.PIPE,
+def _interrupt(data: Path, out: Path, sig: signal.Signals) -> subprocess.CompletedProcess[str]:
+    """Start training, send ``sig`` as soon as it saves a new checkpoint, and wait for it to end."""
+    checkpoint = out / "checkpoint.pt"
+    seen = checkpoint.stat().st_mtime_ns if checkpoint.exists() else None
+    proc = subprocess.Popen([str(FEDI2I), *_args(data, out)], env=cli_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
-    while not (out / "checkpoint.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+    while proc.poll() is None and time.monotonic() < deadline:
+        if checkpoint.exists() and checkpoint.stat().st_mtime_ns != seen:
+            break
         time.sleep(0.02)
     proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == code, f"{stdout}\n{stderr}"
-    assert "Traceback" not in stderr
-    if sig == signal.SIGINT:
-        assert "interrupted" in stderr and "resume" in stderr
-    stopped_at = torch.load(out / "checkpoint.pt", weights_only=True)["next_round"]
-    assert 1 <= stopped_at < int(ROUNDS), "the signal did not arrive mid-run"
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
-    resumed = run_cli(*_args(phantom_root, out))
-    assert resumed.code == 0, str(resumed)
-    want, got = _state(reference), _state(out)
-    assert list(got) == list(want)
-    assert any(k.endswith("num_batches_tracked") for k in want)
+
+def test_interrupted_training_resumes_bit_identically(phantom_root: Path, tmp_path: Path) -> None:
+    reference = tmp_path / "uninterrupted"
+    assert run_cli(*_args(phantom_root, reference)).code == 0
+
+    out = tmp_path / "run"
+    stopped = _interrupt(phantom_root, out, signal.SIGINT)
+    assert stopped.returncode == 130, stopped.stderr
+    assert "interrupted" in stopped.stderr and "resume" in stopped.stderr and "Traceback" not in stopped.stderr
+    after_sigint = _saved_round(out)
+    killed = _interrupt(phantom_root, out, signal.SIGKILL)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    after_sigkill = _saved_round(out)
+    assert 1 <= after_sigint < after_sigkill < ROUNDS, "a signal did not arrive mid-run"
+
+    finished = run_cli(*_args(phantom_root, out))
+    assert finished.code == 0, str(finished)
+    want = torch.load(reference / "model.pt", weights_only=True)
+    got = torch.load(out / "model.pt", weights_only=True)
+    assert list(got) == list(want) and any(k.endswith("num_batches_tracked") for k in want)
     for key in want:
-        assert torch.equal(got[key], want[key]), f"{key} differs after resuming from round {stopped_at}"
+        assert torch.equal(got[key], want[key]), \
+            f"{key} differs after SIGINT at round {after_sigint} and SIGKILL at round {after_sigkill}"

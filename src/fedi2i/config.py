@@ -106,7 +106,8 @@ class TrainConfig(_Strict):
     augment: list[Literal["flip", "gamma"]] = Field(default_factory=list)  # left-right flip; MRI gamma
     channels_last: bool = False
     local_epochs: int = Field(1, ge=1)
-    local_steps: int | None = Field(None, ge=1)  # if set: this many optimiser steps per round instead of epochs (FedSGD: 1)
+    # if set: this many optimiser steps per round instead of epochs (FedSGD: 1)
+    local_steps: int | None = Field(None, ge=1)
     rounds: int = Field(10, ge=1)
     lr_schedule: Literal["constant", "cosine", "onecycle"] = "cosine"
     threads: int | None = Field(None, ge=1)  # torch threads; None leaves torch's default
