@@ -11,7 +11,9 @@ training centres, FedAvg, 2 rounds. Three runtimes, same seed, same rounds, meas
 The breakdown of (3) comes from the timings each ClientApp reports: process start-up (spawning the
 process and importing Flower, until fedi2i's handler runs), imports (torch, MONAI, fedi2i's training
 code), data loading, training, serialisation; the server's aggregation; the rest of the exchange's wall
-time is Flower's scheduling and polling. ``--secagg`` also runs SecAgg in (1) and (3).
+time is Flower's scheduling and polling. ``--secagg`` also runs SecAgg in (1) and (3). Each message
+stage's start-up CPU-seconds (the ClientApp process's CPU time before fedi2i's handler runs: interpreter,
+Flower, fedi2i's module imports) and the handler's own CPU-seconds are printed stage by stage.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from fedi2i.fl.flower.deploy import run_local
 from fedi2i.fl.flower.inprocess import InProcessTransport, wire
 from fedi2i.fl.flower.rounds import ServerRounds
 from fedi2i.fl.params import ParamSpec
+from fedi2i.fl.round_loop import load_global
 from fedi2i.models import build_unet
 from fedi2i.training import train
 from flwr.app import RecordDict
@@ -74,12 +77,31 @@ def breakdown(history: list[dict]) -> dict[str, float]:
     return {k: mean(v) for k, v in parts.items()}
 
 
+def stage_cpu(history: list[dict]) -> dict[str, dict[str, float]]:
+    """Per message stage, mean over rounds and clients: start-up CPU-s, handler CPU-s, import wall-s."""
+    rows: dict[str, dict[str, list[float]]] = {}
+    for entry in history:
+        for stage, timing in entry["flower"].items():
+            if not isinstance(timing, dict):
+                continue
+            for client in timing["clients"].values():
+                if "startup_cpu_s" not in client:
+                    continue
+                row = rows.setdefault(stage, {"startup": [], "handler": [], "imports": []})
+                row["startup"].append(client["startup_cpu_s"])
+                row["handler"].append(client.get("cpu_s", client["startup_cpu_s"]) - client["startup_cpu_s"])
+                row["imports"].append(client.get("import_s", 0.0))
+    return {stage: {k: mean(v) for k, v in row.items()} for stage, row in rows.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--secagg", action="store_true", help="also compare a SecAgg round")
+    parser.add_argument("--eval-every", type=int, default=0, help="validation cadence (it rides in the "
+                        "training message; 0: none, as the issue's baseline was measured)")
     args = parser.parse_args()
-    cfg, data = quick_phantom(overrides={"train.rounds": args.rounds, "federation.eval_every": 0,
+    cfg, data = quick_phantom(overrides={"train.rounds": args.rounds, "federation.eval_every": args.eval_every,
                                          "federation.record_rounds": "none", "train.threads": 1})
     root = Path(cfg.data.root)
     out = Path(tempfile.mkdtemp(prefix="fedi2i-bench-flower-"))
@@ -98,8 +120,7 @@ def main() -> None:
                         timeout=1800, poll_interval=0.1)
         total = time.perf_counter() - t
         fl = [h["round_seconds"] for h in res.history]
-        same = torch.equal(res.global_vector, torch.load(out / f"engine-{name}-0" / "checkpoint.pt",
-                                                         weights_only=False)["global_vector"])
+        same = torch.equal(res.global_vector, load_global(out / f"engine-{name}-0"))
         print(f"\n== {name}: mean round time over {args.rounds} rounds")
         print(f"in-process engine        {mean(eng):8.2f} s")
         if inproc:
@@ -121,6 +142,10 @@ def main() -> None:
         clients = [k for k in ("process_age_s", "import_s", "data_s", "train_s", "mask_s", "encode_s") if k in parts]
         rest = parts["exchanges_wall"] - sum(parts[k] for k in clients)
         print(f"  {'  Flower scheduling, polling, transfer (rest)':44s} {rest:8.2f} s")
+        print("CPU-seconds per message, stage by stage (mean over rounds and clients):")
+        print(f"  {'stage':22s} {'start-up CPU':>13s} {'handler CPU':>12s} {'of which imports (wall)':>24s}")
+        for stage, row in stage_cpu(res.history).items():
+            print(f"  {stage:22s} {row['startup']:13.2f} {row['handler']:12.2f} {row['imports']:24.2f}")
     vec = torch.zeros(ParamSpec.from_module(build_unet(cfg.model)).numel)
     t = time.perf_counter()
     for _ in range(20):

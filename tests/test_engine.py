@@ -36,6 +36,9 @@ def test_resume_equals_uninterrupted(tiny_config: Config, tiny_data, tmp_path: P
     resumed = train(cfg, tmp_path / "resumed", tiny_data)
     assert resumed.run.next_round == 3
     assert torch.equal(full.run.global_vector, resumed.run.global_vector)
+    # validation travels with the next round's request; a call that stops first still validates its last round
+    assert partial.run.history[0]["val"] == full.run.history[0]["val"]
+    assert [h["val"] for h in resumed.run.history] == [h["val"] for h in full.run.history]
     metrics = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
     assert metrics["finished"] and "E" in metrics["unseen"]
     for name in ("loss.png", "val_mae.png", "sct_E.png"):

@@ -8,6 +8,7 @@ message through protobuf, so what passes here is what a deployment carries.
 from __future__ import annotations
 
 import dataclasses
+import json
 import subprocess
 import sys
 import tomllib
@@ -79,9 +80,10 @@ def test_node_data_matches_load_federation(tiny_config: Config, tiny_data, phant
     cfg = tiny_config  # the fixture's federation: train centres A-D
     for centre in cfg.data.train_centres:
         mine = load_centre(cfg.data, cfg.seed, centre, phantom_root)
-        train_set, ref = mine.train(), tiny_data.train[centre]
-        assert mine.train_ids == tiny_data.split.train[centre]
-        assert mine.val_ids == tiny_data.split.val[centre]
+        train_set, ref = mine.split("train"), tiny_data.train[centre]
+        assert mine.ids["train"] == tiny_data.split.train[centre]
+        assert mine.ids["val"] == tiny_data.split.val[centre]
+        assert mine.ids["test"] == tiny_data.split.test[centre]
         assert train_set.patient == ref.patient
         for name in ("mr", "ct", "mask"):
             assert torch.equal(getattr(train_set, name), getattr(ref, name)), (centre, name)
@@ -96,8 +98,8 @@ def test_node_data_reads_a_single_centre_folder(tiny_config: Config, tiny_data, 
         if record.centre == "C":
             (tmp_path / record.pid).symlink_to(phantom_root / record.pid)
     mine = load_centre(tiny_config.data, tiny_config.seed, "C", tmp_path)
-    assert mine.train_ids == tiny_data.split.train["C"]
-    assert torch.equal(mine.train().ct, tiny_data.train["C"].ct)
+    assert mine.ids["train"] == tiny_data.split.train["C"]
+    assert torch.equal(mine.split("train").ct, tiny_data.train["C"].ct)
     with pytest.raises(DataError, match="no patients of centre B"):
         load_centre(tiny_config.data, tiny_config.seed, "B", tmp_path)
 
@@ -220,6 +222,24 @@ def test_rounds_match_the_engine_secagg_with_dropout(tiny_config: Config, tiny_d
     assert P.FIT not in stages  # no plain update ever left a node
 
 
+def test_validation_travels_with_training_and_flower_runs_get_test_figures(tiny_config: Config, tiny_data,
+                                                                            phantom_root: Path, tmp_path: Path) -> None:
+    """Round 0's validation rides in round 1's training message; only the last round's result needs an
+    evaluation-only message. Test figures and metrics.json's head match the in-process run's."""
+    cfg = _cfg(tiny_config, train={"rounds": 2}, federation={"eval_every": 1})
+    engine = train(cfg, tmp_path / "engine", _three(tiny_data), RunOptions(native_eval=False))
+    transport = _transport(cfg, phantom_root)
+    run = ServerRounds(cfg, tmp_path / "flower", transport, poll=0.0).run()
+    assert torch.equal(run.global_vector, engine.run.global_vector)
+    assert [h["val"] for h in run.history] == [h["val"] for h in engine.run.history]
+    stages = [k for k, _ in transport.calls]
+    assert stages.count(P.FIT) == 6 and stages.count(P.EVALUATE) == 3 + 3  # last round's val, then test
+    metrics = json.loads((tmp_path / "flower" / "metrics.json").read_text())
+    assert metrics["seen"] == {c: engine.metrics["seen"][c] for c in CENTRES}
+    head = {"rounds_done", "finished", "mode", "strategy", "secagg", "dp", "num_parameters", "runtime"}
+    assert head <= set(metrics) and head <= set(engine.metrics) and metrics["runtime"] != engine.metrics["runtime"]
+
+
 # ------------------------------------------------------------------ deployment files
 def test_app_files_parse_and_carry_the_config(tiny_config: Config, tmp_path: Path) -> None:
     app = tomllib.loads(app_pyproject(tiny_config, tmp_path / "run"))
@@ -301,3 +321,56 @@ def test_node_needs_its_own_identity_key_and_the_listed_keys(tmp_path: Path, tin
     swapped = tiny_config.model_copy(update={"secagg": tiny_config.secagg.model_copy(update={"identity_keys": {"B": other}})})
     with pytest.raises(ConfigError, match="substituting keys"):
         node.directory(swapped)
+
+
+# ------------------------------------------------------------------ what a stage's process imports
+_LIGHT_STAGES = '''
+import sys
+from pathlib import Path
+import numpy as np
+from flwr.app import ConfigRecord, Context, Message, Metadata, RecordDict
+from fedi2i.fl.flower import clientapp, protocol as P
+from fedi2i.fl.flower.codec import record_secagg, secagg_records, vector_record
+from fedi2i.fl.flower.state import dump_client
+from fedi2i.fl.secagg import SecAggClient, SecAggConfig, SecAggServer
+from fedi2i.fl.secagg.identity import KEYS_FILE, load_directory, load_identity
+
+keys = Path(sys.argv[1])
+directory = load_directory(keys / KEYS_FILE)
+cfg = SecAggConfig(enabled=True)
+ids = ["A", "B", "C"]
+server = SecAggServer(cfg, ids, vector_length=16)
+clients = {c: SecAggClient(cfg, c, np.zeros(16), identity=load_identity(keys / f"{c}.key"), directory=directory)
+           for c in ids}
+req = server.collect_advertise([clients[c].advertise_keys(server.setup_request()) for c in ids])
+node = {P.NODE_CENTRE: "A", P.NODE_DATA: str(keys), P.NODE_IDENTITY: str(keys / "A.key"),
+        P.NODE_FEDERATION_KEYS: str(keys / KEYS_FILE)}
+state = RecordDict({P.STATE_CLIENT: ConfigRecord({"data": dump_client(clients.pop("A"))}),
+                    P.STATE_DELTA: vector_record(np.zeros(16))})
+ctx = Context(1, 7, node, state, {})
+
+def round_trip(kind, fn, requests, collect):
+    """Node A answers in its stage function (as its own process would), B and C in memory."""
+    msg = Message(RecordDict(secagg_records(requests["A"], P.REC_SECAGG)), metadata=Metadata(
+        run_id=1, message_id="m", src_node_id=0, dst_node_id=7, reply_to_message_id="", group_id="0",
+        created_at=0.0, ttl=60.0, message_type=kind))
+    mine = record_secagg(fn(msg, ctx).content, P.REC_SECAGG)
+    method = {P.SECAGG_SHARE: "share_keys", P.SECAGG_MASK: "masked_input", P.SECAGG_CHECK: "consistency",
+              P.SECAGG_UNMASK: "unmask"}[kind]
+    return collect([mine] + [getattr(clients[c], method)(requests[c]) for c in ("B", "C")])
+
+req = round_trip(P.SECAGG_SHARE, clientapp.secagg_share, req, server.collect_shares)
+req = round_trip(P.SECAGG_MASK, clientapp.secagg_mask, req, server.collect_masked_inputs)
+req = round_trip(P.SECAGG_CHECK, clientapp.secagg_check, req, server.collect_consistency)
+result = round_trip(P.SECAGG_UNMASK, clientapp.secagg_unmask, req, server.collect_unmask)
+assert sorted(result.survivors) == ids
+print(sorted(m for m in ("torch", "monai", "scipy", "SimpleITK", "nibabel", "matplotlib") if m in sys.modules))
+'''
+
+
+def test_secagg_key_stages_import_no_torch_or_image_libraries(tmp_path: Path) -> None:
+    """The key-exchange and consistency stages are cryptography only: their process must not pay for torch."""
+    keys = _keys(tmp_path / "keys")
+    out = subprocess.run([sys.executable, "-c", _LIGHT_STAGES, str(keys)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"

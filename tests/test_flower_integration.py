@@ -17,7 +17,8 @@ pytest.importorskip("flwr")
 
 from fedi2i.config import Config  # noqa: E402
 from fedi2i.fl.flower.deploy import LocalFederation, _alive, write_app  # noqa: E402
-from fedi2i.fl.flower.rounds import load_global, read_json  # noqa: E402
+from fedi2i.fl.flower.rounds import read_json  # noqa: E402
+from fedi2i.fl.round_loop import load_global  # noqa: E402
 from fedi2i.fl.observer import ServerRecord  # noqa: E402
 from fedi2i.fl.secagg.weighting import mean_error_bound  # noqa: E402
 from fedi2i.training import train  # noqa: E402

@@ -22,10 +22,11 @@ from fedi2i.data.slices import SliceSet
 from fedi2i.evaluate import GRIDS, by_role, evaluate_centres, evaluate_centres_native, predict
 from fedi2i.inference import MODEL_FILE, save_model
 from fedi2i.fl.client import LocalTrainer, UpdateTransform
-from fedi2i.fl.engine import FederatedEngine, FederatedRun, RoundCallback
+from fedi2i.fl.engine import Dropouts, InProcessPool
+from fedi2i.fl.round_loop import FederatedRun, RoundCallback, RoundLoop, run_metrics
+from fedi2i.fl.server import RoundMonitor, build_aggregator
 from fedi2i.io import save_torch, write_json
 from fedi2i.runfolder import prepare_run_dir
-from fedi2i.fl.server import RoundMonitor, build_aggregator
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ class RunOptions:
     data_transforms: dict[str, DataTransform] = field(default_factory=dict)
     update_transforms: dict[str, UpdateTransform] = field(default_factory=dict)
     monitors: list[RoundMonitor] = field(default_factory=list)
-    dropouts: Callable[[int], dict[str, list[str]] | None] | None = None
+    dropouts: Dropouts | None = None
     resume: bool = True
     stop_after: int | None = None
     on_round: RoundCallback | None = None
@@ -69,14 +70,18 @@ def build_trainers(config: Config, data: FederatedData, options: RunOptions) -> 
     return trainers
 
 
-def build_engine(config: Config, data: FederatedData, run_dir: Path, options: RunOptions) -> FederatedEngine:
-    """Wire trainers, aggregation rule, secure aggregation, recorder and monitors for one run."""
-    trainers = build_trainers(config, data, options)
-    spec = next(iter(trainers.values())).spec
-    aggregator = build_aggregator(config, spec, list(trainers), run_dir, record=not options.centralised,
+def build_engine(config: Config, data: FederatedData, run_dir: Path, options: RunOptions) -> RoundLoop:
+    """The RoundLoop over this process's trainers, with aggregation rule, secure aggregation, recorder and
+    monitors wired as the Flower server wires them."""
+    return _wire(config, data, run_dir, options)[0]
+
+
+def _wire(config: Config, data: FederatedData, run_dir: Path,
+          options: RunOptions) -> tuple[RoundLoop, InProcessPool]:
+    pool = InProcessPool(build_trainers(config, data, options), dict(data.val), dropouts=options.dropouts)
+    aggregator = build_aggregator(config, pool.spec, pool.clients(), run_dir, record=not options.centralised,
                                   monitors=options.monitors)
-    val_sets = {c: s for c, s in data.val.items()}
-    return FederatedEngine(config, trainers, aggregator, run_dir, val_sets, options.dropouts)
+    return RoundLoop(config, pool, aggregator, pool.spec, run_dir), pool
 
 
 def final_evaluation(model: torch.nn.Module, data: FederatedData, config: Config,
@@ -104,38 +109,33 @@ def train(config: Config, run_dir: Path, data: FederatedData | None = None,
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     data = data or load_federation(config.data, config.seed)
-    engine = build_engine(config, data, run_dir, options)
+    engine, pool = _wire(config, data, run_dir, options)
     start = time.perf_counter()
     run = engine.run(resume=options.resume, stop_after=options.stop_after, on_round=options.on_round)
     train_seconds = time.perf_counter() - start
-    model = engine.final_model(run)
+    model = pool.model
+    engine.spec.load_into(model, run.global_vector)
     finished = run.next_round >= config.train.rounds
-    metrics: dict[str, Any] = {"rounds_done": run.next_round, "finished": finished,
-                               "mode": "centralised" if options.centralised else "federated",
-                               "strategy": config.federation.strategy, "secagg": config.secagg.enabled,
-                               "dp": config.dp.enabled, "train_seconds_this_call": train_seconds,
-                               "reproducible_secrets": config.reproducible_secrets,
-                               "num_parameters": engine.spec.numel,
-                               "train_slices": {c: t.num_examples for c, t in engine.trainers.items()},
-                               "data": data.summary()}
+    metrics = run_metrics(config, run, pool.runtime, "centralised" if options.centralised else "federated",
+                          engine.spec.numel, {c: t.num_examples for c, t in pool.trainers.items()}, train_seconds)
+    metrics["data"] = data.summary()
     if config.dp.enabled:
-        metrics["dp"] = dp_report(config, engine)
+        metrics["dp"] = dp_report(config, pool)
     if finished:
         metrics.update(final_evaluation(model, data, config, options.native_eval))
         save_torch(run_dir / "model.pt", model.state_dict())
         save_model(run_dir / MODEL_FILE, model, config, data.grid)
         write_figures(run, model, data, config, run_dir)
-    write_json(run_dir / "history.json", run.history)
     write_json(run_dir / "metrics.json", metrics)
     return RunResult(run_dir, run, metrics, model)
 
 
-def dp_report(config: Config, engine: FederatedEngine) -> dict[str, Any]:
+def dp_report(config: Config, pool: InProcessPool) -> dict[str, Any]:
     """(epsilon, delta) of the run's DP setting, for the client with the weakest guarantee."""
     from fedi2i.privacy import epsilon_spent
 
     worst = 0.0
-    for trainer in engine.trainers.values():
+    for trainer in pool.trainers.values():
         steps = len(trainer.batches(config.train.local_epochs, torch.Generator().manual_seed(0)))
         rate = min(1.0, config.train.batch_size / trainer.num_examples)
         worst = max(worst, epsilon_spent(config.dp, config.train.rounds, steps, rate))

@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from fedi2i.cli.app import console
 
 if TYPE_CHECKING:
-    from fedi2i.fl.engine import RoundCallback
+    from fedi2i.fl.round_loop import RoundCallback
 
 
 @contextmanager

@@ -17,7 +17,7 @@ from fedi2i.errors import AggregationError, ConfigError, UpdateRejected
 from fedi2i.fl.client import ClientUpdate
 from fedi2i.fl.observer import CuriousServerRecorder
 from fedi2i.fl.params import ParamSpec
-from fedi2i.fl.secagg import IdentityKey, SecAggConfig, generate_identities, secure_sum
+from fedi2i.fl.secagg import IdentityKey, SecAggConfig, SecAggResult, generate_identities, secure_sum
 from fedi2i.fl.secagg.weighting import round_seed, secure_mean, weighted_input
 from fedi2i.fl.strategies import AggregationRule, build_rule
 
@@ -130,6 +130,22 @@ class Aggregator:
             self.recorder.record(round_index, global_vector, aggregate,
                                  {c: counts[c] for c in survivors}, individual, record_extra)
         return RoundOutcome(global_vector + aggregate, [u.cid for u in accepted], rejected, survivors, upload)
+
+    def aggregate_secure_sum(self, round_index: int, global_vector: torch.Tensor, trained: list[ClientUpdate],
+                             result: SecAggResult, record_extra: dict[str, object] | None = None) -> RoundOutcome:
+        """A round whose SecAgg protocol was carried elsewhere (a deployment): the nodes weighted and masked
+        their updates themselves, ``result`` is the unmasked sum; recorded as :meth:`aggregate_round` does."""
+        if len(trained) < self.min_clients:
+            raise AggregationError(f"only {len(trained)} centre(s) trained in round {round_index}, fewer than "
+                                   f"min_clients={self.min_clients}")
+        aggregate = secure_mean(result.total, self.secagg or SecAggConfig(enabled=True))
+        counts = {u.cid: u.num_examples for u in trained}
+        survivors = list(result.survivors)
+        if self.recorder is not None:
+            self.recorder.record(round_index, global_vector, aggregate, {c: counts[c] for c in survivors}, None,
+                                 record_extra)
+        return RoundOutcome(global_vector + aggregate, [u.cid for u in trained], {}, survivors,
+                            int(sum(result.upload_bytes.values())))
 
     def _secure_mean(self, round_index: int, accepted: list[ClientUpdate],
                      dropouts: dict[str, list[str]] | None) -> tuple[torch.Tensor, list[str], int]:

@@ -28,7 +28,8 @@ from fedi2i.seeding import hash_seed
 from fedi2i.data.slices import SliceSet
 from fedi2i.errors import ConfigError, RecordError
 from fedi2i.fl.client import loss_fn, make_optimiser
-from fedi2i.fl.engine import CHECKPOINT, load_checkpoint
+from fedi2i.fl.round_loop import load_checkpoint
+from fedi2i.runfolder import CHECKPOINT
 from fedi2i.fl.params import ParamSpec
 from fedi2i.io import write_json
 from fedi2i.models import build_unet

@@ -23,7 +23,7 @@ from fedi2i.attacks.poisoning.settings import PoisonSettings, RuleParams, load_p
 from fedi2i.config import Config, config_from_dict
 from fedi2i.data.federation import FederatedData, load_federation
 from fedi2i.errors import AggregationError, ConfigError
-from fedi2i.fl.engine import RoundCallback
+from fedi2i.fl.round_loop import RoundCallback
 from fedi2i.io import write_json
 from fedi2i.fl.strategies import build_rule
 from fedi2i.models import build_unet

@@ -4,8 +4,13 @@ Each message runs in a fresh process (Flower's default isolation), so everything
 from the message, the node config (which centre, where its data is) and the node-local
 ``Context.state`` (the SecAgg client's secrets and the update waiting to be masked). The work itself is
 done by the same objects the in-process engine drives: :class:`fedi2i.fl.client.LocalTrainer` for local
-training and :class:`fedi2i.fl.secagg.SecAggClient` for secure aggregation. torch is imported only by
-the stages that train or evaluate; the SecAgg-only stages stay light.
+training and :class:`fedi2i.fl.secagg.SecAggClient` for secure aggregation. torch, MONAI and the image
+libraries are imported only by the stages that train or evaluate; the SecAgg-only stages (share, mask,
+consistency, unmask) stay light, since every message pays its process's imports.
+
+When the server asks for validation in a training message (``evaluate`` in the round record), the node
+first scores the global model it received on its validation patients and sends the summary with its
+update: one exchange, one process start-up per round.
 
 Message types and record names: :mod:`fedi2i.fl.flower.protocol`.
 """
@@ -118,10 +123,11 @@ def process_age() -> float | None:
 
 
 class _Timer:
-    """Named wall-clock sections of one stage, reported to the server for the overhead benchmark."""
+    """Named wall-clock sections of one stage, and the CPU-seconds its process spent before the handler
+    ran (start-up: interpreter, Flower, imports) and in all; reported to the server for the benchmark."""
 
     def __init__(self) -> None:
-        self.times: dict[str, float] = {}
+        self.times: dict[str, float] = {"startup_cpu_s": time.process_time()}
         age = process_age()
         if age is not None:
             self.times["process_age_s"] = age
@@ -135,6 +141,7 @@ class _Timer:
 
 def _reply(msg: Message, content: RecordDict, timer: _Timer, **extra: Any) -> Message:
     timer.lap("encode_s")
+    timer.times["cpu_s"] = time.process_time()
     info = {f"time.{k}": float(v) for k, v in timer.times.items()}
     info.update(extra)
     content[P.REC_INFO] = ConfigRecord(info)
@@ -145,12 +152,10 @@ def _round(msg: Message) -> dict[str, Any]:
     return dict(msg.content[P.REC_ROUND].items())
 
 
-# ------------------------------------------------------------------ training (imports torch)
-def _fit(msg: Message, context: Context, timer: _Timer):  # noqa: ANN202 - ClientUpdate, imported lazily
+# ------------------------------------------------------------------ training and evaluation (import torch)
+def _node_torch(context: Context, timer: _Timer) -> tuple[NodeSettings, Config]:
+    """Node settings and run config, with torch imported and its threads set (training/evaluation stages)."""
     import torch
-
-    from fedi2i.fl.client import LocalTrainer
-    from fedi2i.fl.flower.nodedata import load_centre
 
     timer.lap("import_s")
     cfg = run_config_of(context)
@@ -158,23 +163,55 @@ def _fit(msg: Message, context: Context, timer: _Timer):  # noqa: ANN202 - Clien
     threads = node.threads or cfg.train.threads
     if threads:
         torch.set_num_threads(threads)
-    slices = load_centre(cfg.data, cfg.seed, node.centre, node.data_path, node.mapping).train()
+    return node, cfg
+
+
+def _global(msg: Message, numel: int):  # noqa: ANN202 - torch.Tensor, imported lazily
+    import torch
+
+    global_vector = torch.from_numpy(record_vector(msg.content[P.REC_GLOBAL], "global model"))
+    if global_vector.numel() != numel:
+        raise ConfigError(f"the global model has {global_vector.numel()} values, this node's model "
+                          f"{numel}: server and node run different model configs")
+    return global_vector
+
+
+def _scores(model, spec, global_vector, centre: str, slices) -> dict[str, float]:  # noqa: ANN001 - torch types
+    """The summary of ``global_vector`` on ``slices`` (empty without patients)."""
+    from fedi2i.evaluate import evaluate_centres
+
+    if slices is None or not len(slices):
+        return {}
+    spec.load_into(model, global_vector)
+    return dict(evaluate_centres(model, {centre: slices})[centre]["summary"])  # type: ignore[arg-type]
+
+
+def _fit(msg: Message, context: Context, timer: _Timer):  # noqa: ANN202 - ClientUpdate, imported lazily
+    """Local training from the received global model; first its validation when the round asks for it."""
+    from fedi2i.fl.client import LocalTrainer
+    from fedi2i.fl.flower.nodedata import load_centre
+
+    node, cfg = _node_torch(context, timer)
+    data = load_centre(cfg.data, cfg.seed, node.centre, node.data_path, node.mapping)
+    slices = data.split("train")
     timer.lap("data_s")
     mu = cfg.federation.fedprox_mu if cfg.federation.strategy == "fedprox" else 0.0
-    trainer = LocalTrainer(node.centre, slices, cfg.model, cfg.train, cfg.seed, fedprox_mu=mu, dp=cfg.dp)
+    trainer = LocalTrainer(node.centre, slices, cfg.model, cfg.train, cfg.seed, fedprox_mu=mu, dp=cfg.dp,
+                           reproducible=cfg.reproducible_secrets)
     settings = _round(msg)
-    global_vector = torch.from_numpy(record_vector(msg.content[P.REC_GLOBAL], "global model"))
-    if global_vector.numel() != trainer.spec.numel:
-        raise ConfigError(f"the global model has {global_vector.numel()} values, this node's model "
-                          f"{trainer.spec.numel}: server and node run different model configs")
+    global_vector = _global(msg, trainer.spec.numel)
+    val: dict[str, float] = {}
+    if settings.get("evaluate"):
+        val = _scores(trainer.model, trainer.spec, global_vector, node.centre, data.split("val"))
+        timer.lap("eval_s")
     update = trainer.fit(global_vector, int(settings["round"]), lr=float(settings["lr"]))
     timer.lap("train_s")
-    return node, cfg, update
+    return node, cfg, update, val
 
 
-def _fit_record(update) -> ConfigRecord:  # noqa: ANN001 - ClientUpdate
+def _fit_record(update, val: dict[str, float]) -> ConfigRecord:  # noqa: ANN001 - ClientUpdate
     return ConfigRecord({"cid": update.cid, "num_examples": int(update.num_examples), "steps": int(update.steps),
-                         "mean_loss": float(update.mean_loss)})
+                         "mean_loss": float(update.mean_loss), **{f"val.{k}": float(v) for k, v in val.items()}})
 
 
 @app.query("describe")
@@ -199,8 +236,8 @@ def fit(msg: Message, context: Context) -> Message:
     if node.require_secagg:
         raise ConfigError(f"node {node.centre} is set to {P.NODE_REQUIRE_SECAGG}=true: it sends its update "
                           "only through secure aggregation (enable secagg in the run config)")
-    _, _, update = _fit(msg, context, timer)
-    content = RecordDict({P.REC_DELTA: vector_record(update.delta), P.REC_FIT: _fit_record(update)})
+    _, _, update, val = _fit(msg, context, timer)
+    content = RecordDict({P.REC_DELTA: vector_record(update.delta), P.REC_FIT: _fit_record(update, val)})
     return _reply(msg, content, timer)
 
 
@@ -235,7 +272,7 @@ def _answer(context: Context, client: SecAggClient, method: str, *args: Any) -> 
 def secagg_fit(msg: Message, context: Context) -> Message:
     """Stage 0: train, keep the self-weighted update on the node, answer the SecAgg setup with signed keys."""
     timer = _Timer()
-    node, cfg, update = _fit(msg, context, timer)
+    node, cfg, update, val = _fit(msg, context, timer)
     settings = _round(msg)
     identity = node.identity()
     directory = node.directory(cfg)
@@ -248,7 +285,7 @@ def secagg_fit(msg: Message, context: Context) -> Message:
     # the node weights itself by its own example count: the server never sends a weight
     context.state[P.STATE_DELTA] = vector_record(weighted_input(update.delta.numpy(), update.num_examples, cfg.secagg))
     _save_client(context, client)
-    content = put(RecordDict({P.REC_FIT: _fit_record(update)}), secagg_records(keys, P.REC_SECAGG))
+    content = put(RecordDict({P.REC_FIT: _fit_record(update, val)}), secagg_records(keys, P.REC_SECAGG))
     return _reply(msg, content, timer)
 
 
@@ -302,27 +339,21 @@ def secagg_unmask(msg: Message, context: Context) -> Message:
 # ------------------------------------------------------------------ federated evaluation
 @app.evaluate("val")
 def evaluate_val(msg: Message, context: Context) -> Message:
-    """Synthesis quality of the global model on this centre's validation patients (summary only)."""
+    """Synthesis quality of the global model on this centre's validation (or, when the round record says
+    ``split=test``, test) patients, summary only: nodes not sampled in a round, the last round's result
+    and the final test figures."""
     timer = _Timer()
-    import torch
-
-    from fedi2i.evaluate import evaluate_centres
     from fedi2i.fl.flower.nodedata import load_centre
     from fedi2i.fl.params import ParamSpec
     from fedi2i.models import build_unet
 
-    timer.lap("import_s")
-    cfg = run_config_of(context)
-    node = NodeSettings.from_node_config(dict(context.node_config))
-    if node.threads or cfg.train.threads:
-        torch.set_num_threads(node.threads or cfg.train.threads)
-    val = load_centre(cfg.data, cfg.seed, node.centre, node.data_path, node.mapping).val()
+    node, cfg = _node_torch(context, timer)
+    split = str(_round(msg).get("split", "val")) if P.REC_ROUND in msg.content else "val"
+    slices = load_centre(cfg.data, cfg.seed, node.centre, node.data_path, node.mapping).split(split)
     timer.lap("data_s")
-    summary: dict[str, float] = {}
-    if val is not None and len(val):
-        model = build_unet(cfg.model)
-        ParamSpec.from_module(model).load_into(model, torch.from_numpy(record_vector(msg.content[P.REC_GLOBAL])))
-        summary = dict(evaluate_centres(model, {node.centre: val})[node.centre]["summary"])  # type: ignore[arg-type]
+    model = build_unet(cfg.model)
+    spec = ParamSpec.from_module(model)
+    summary = _scores(model, spec, _global(msg, spec.numel), node.centre, slices)
     timer.lap("eval_s")
     return _reply(msg, RecordDict({P.REC_FIT: ConfigRecord({f"val.{k}": float(v) for k, v in summary.items()})}),
                   timer)

@@ -414,7 +414,8 @@ def run_local(config: Config, run_dir: Path, *, data_root: Path | None = None, w
               timeout: float = 900.0, **app_options: Any) -> LocalRunResult:
     """Start a loopback federation for ``config.data.train_centres``, run the app once, stop everything."""
     from fedi2i.data.federation import resolve_root
-    from fedi2i.fl.flower.rounds import load_global, read_json
+    from fedi2i.fl.flower.rounds import read_json
+    from fedi2i.fl.round_loop import load_global
 
     root = Path(data_root) if data_root else resolve_root(config.data, config.seed)
     workdir = Path(workdir or tempfile.mkdtemp(prefix="fedi2i-flower-"))

@@ -22,25 +22,23 @@ from fedi2i.errors import ConfigError, DataError
 
 @dataclass
 class CentreData:
-    """A centre's patients per split and its slices (validation loaded on demand)."""
+    """A centre's patients per split (``train``, ``val``, ``test``) and their slices, loaded on demand."""
 
     centre: str
     root: Path
-    train_ids: list[str]
-    val_ids: list[str]
+    ids: dict[str, list[str]]
     records: dict[str, PatientRecord]
     cfg: DataConfig
 
-    def _load(self, pids: list[str]) -> SliceSet:
+    def split(self, name: str) -> SliceSet | None:
+        """The slices of one split; None when the centre has no patient in it."""
+        if name not in self.ids:
+            raise ConfigError(f"unknown split {name!r}; splits are {sorted(self.ids)}")
+        if not self.ids[name] and name != "train":  # no training patients is an error load_slices explains
+            return None
         cfg = self.cfg
-        return load_slices([self.records[p] for p in pids], grid_settings(cfg), cfg.mr_percentiles,
+        return load_slices([self.records[p] for p in self.ids[name]], grid_settings(cfg), cfg.mr_percentiles,
                            cfg.min_mask_fraction, cfg.slice_stride, cfg.skip_bad)
-
-    def train(self) -> SliceSet:
-        return self._load(self.train_ids)
-
-    def val(self) -> SliceSet | None:
-        return self._load(self.val_ids) if self.val_ids else None
 
 
 def load_centre(cfg: DataConfig, seed: int, centre: str, root: Path,
@@ -56,6 +54,6 @@ def load_centre(cfg: DataConfig, seed: int, centre: str, root: Path,
         found = sorted({r.centre for r in records})
         raise DataError(f"no patients of centre {centre} under {root} (centres found: {found}); check the "
                         f"node's data-path and centre-id")
-    train, val, _ = centre_split(centre, list(mine), cfg.train_centres.index(centre), cfg.val_fraction,
-                                 cfg.test_fraction, seed)
-    return CentreData(centre, Path(root), train, val, mine, cfg)
+    train, val, test = centre_split(centre, list(mine), cfg.train_centres.index(centre), cfg.val_fraction,
+                                    cfg.test_fraction, seed)
+    return CentreData(centre, Path(root), {"train": train, "val": val, "test": test}, mine, cfg)
