@@ -29,6 +29,7 @@ from fedi2i.data.slices import SliceSet
 from fedi2i.errors import ConfigError, RecordError
 from fedi2i.fl.client import loss_fn, make_optimiser
 from fedi2i.fl.round_loop import load_checkpoint
+from fedi2i.privacy import rdp_epsilon as dp_epsilon  # the one accountant (run.py and the tests use this name)
 from fedi2i.runfolder import CHECKPOINT
 from fedi2i.fl.params import ParamSpec
 from fedi2i.io import write_json
@@ -155,18 +156,6 @@ def victim_batch(run_dir: Path, data: FederatedData, client: str) -> SliceSet | 
     if client not in picks:
         raise RecordError(f"client {client!r} is not in this victim run; clients: {', '.join(sorted(picks))}")
     return data.train[client].select(picks[client])
-
-
-def dp_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> float:
-    """(epsilon, delta)-DP of ``steps`` subsampled Gaussian releases (Opacus' RDP accountant)."""
-    from opacus.accountants import RDPAccountant
-
-    if noise_multiplier <= 0:
-        return float("inf")
-    accountant = RDPAccountant()
-    for _ in range(steps):
-        accountant.step(noise_multiplier=noise_multiplier, sample_rate=min(sample_rate, 1.0))
-    return float(accountant.get_epsilon(delta=delta))
 
 
 def dpsgd_observation(config: Config, data: FederatedData, setting: VictimSetting, client: str,
