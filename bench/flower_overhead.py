@@ -36,12 +36,23 @@ from fedi2i.fl.flower.rounds import ServerRounds
 from fedi2i.fl.params import ParamSpec
 from fedi2i.fl.round_loop import load_global
 from fedi2i.models import build_unet
-from fedi2i.training import train
+from fedi2i.training import RunOptions, train
 from flwr.app import RecordDict
 
 
-def engine_rounds(cfg, data, out: Path) -> list[float]:
-    return [h["round_seconds"] for h in train(cfg, out, data).run.history]
+def engine_rounds(cfg, data, out: Path) -> tuple[list[float], float]:
+    """Round wall times of the in-process runtime, and its CPU-seconds per round (set-up included)."""
+    marks = [time.process_time()]
+    history = train(cfg, out, data, RunOptions(on_round=lambda done, entry: marks.append(time.process_time()),
+                                               native_eval=False)).run.history
+    return [h["round_seconds"] for h in history], (marks[-1] - marks[0]) / len(history)
+
+
+def deployment_cpu(history: list[dict]) -> float:
+    """CPU-seconds per round of every ClientApp process (start-up included), summed over clients and stages."""
+    total = sum(c.get("cpu_s", 0.0) for entry in history for stage in entry["flower"].values()
+                if isinstance(stage, dict) for c in stage["clients"].values())
+    return total / len(history)
 
 
 def inprocess_rounds(cfg, root: Path, out: Path) -> list[float]:
@@ -113,7 +124,8 @@ def main() -> None:
         modes.append(("secagg", cfg.model_copy(update={"secagg": cfg.secagg.model_copy(update={"enabled": True})})))
     for name, mode_cfg in modes:
         # best of two engine runs: the first pays one-off warm-up costs the deployment pays in every process
-        eng = min((engine_rounds(mode_cfg, data, out / f"engine-{name}-{i}") for i in range(2)), key=mean)
+        eng, eng_cpu = min((engine_rounds(mode_cfg, data, out / f"engine-{name}-{i}") for i in range(2)),
+                           key=lambda r: mean(r[0]))
         inproc = inprocess_rounds(mode_cfg, root, out / f"inproc-{name}") if name == "plain" else None
         t = time.perf_counter()
         res = run_local(mode_cfg, out / f"flower-{name}", data_root=root, workdir=out / f"work-{name}",
@@ -127,6 +139,9 @@ def main() -> None:
             print(f"Flower apps, in-process  {mean(inproc):8.2f} s   ratio {mean(inproc) / mean(eng):6.2f}")
         print(f"Flower deployment        {mean(fl):8.2f} s   ratio {mean(fl) / mean(eng):6.2f}   "
               f"(same final model as the engine: {same})")
+        fl_cpu = deployment_cpu(res.history)
+        print(f"CPU-seconds per round: in-process {eng_cpu:.2f}, deployment's ClientApp processes {fl_cpu:.2f}   "
+              f"ratio {fl_cpu / eng_cpu:6.2f}   (ServerApp and SuperNode processes not counted)")
         print(f"deployment set-up: federation start {res.startup_seconds:.1f} s, whole `flwr run` "
               f"{res.flower.seconds:.1f} s (ServerApp start-up and node discovery included), total {total:.1f} s")
         parts = breakdown(res.history)
