@@ -187,6 +187,7 @@ def run_audit(config: Config, out_dir: Path, progress: bool = True, on_cell: OnC
     torch.set_num_threads(_threads(config, workers))
     dump_config(config, out_dir / "config.yaml")
     store = CellStore(out_dir)
+    store.all()  # every stored cell is read (validated) now: a corrupt one stops the audit before any work
     context = AuditContext(config, out_dir)
     cells = build_cells(context)
     console = Console()
