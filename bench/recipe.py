@@ -10,6 +10,7 @@ are the process's CPU time for training (train_cpu_min) and for training plus th
     python bench/recipe.py                          # the table in docs/recipe.md (slow: ~1 h on one core)
     python bench/recipe.py --options base,recipe --epochs 15 --runs fedavg
     python bench/recipe.py --list
+    python bench/recipe.py --floor --image-size 96   # what the image size alone allows on the native grid
 
 Results are also appended as JSON lines to --jsonl, so a long table can be built in pieces.
 """
@@ -96,8 +97,8 @@ def resolution_floor(preset: str, image_size: int | None = None) -> dict[str, fl
     patient's own CT grid, so it separates what the recipe limits from what the image size limits."""
     import numpy as np
 
-    from fedi2i.data.slices import to_model_grid, unit_to_hu
     from fedi2i.data.geometry import to_native
+    from fedi2i.data.slices import to_model_grid, unit_to_hu
     from fedi2i.data.synthrad import load_patient
     from fedi2i.metrics import mae
     from fedi2i.tissue_metrics import tissue_metrics
