@@ -62,7 +62,9 @@ def test_stealth_verdict_follows_the_margin_not_the_pooled_auc() -> None:
     assert _comparison(comps, "Low noise is stealthy").status == "exceeded"
     stealth = next(t for t in threats if t.threat.startswith("Stealthy"))
     assert stealth.verdict == "medium" and "2 malicious: not separated" in stealth.exposure
-    assert _comparison(comps, "High noise makes FedAvg inoperative").status == "reproduced"  # 500/300
+    # 500/300 = x1.67 from single runs: within x1.5 noise of the x1.5 threshold, so undecided
+    inoperative = _comparison(comps, "High noise makes FedAvg inoperative")
+    assert inoperative.status == "inconclusive" and "single runs" in inoperative.ours
 
 
 def test_collapsed_federation_counts_as_inoperative_for_any_attack() -> None:
@@ -81,7 +83,7 @@ def test_collapsed_federation_counts_as_inoperative_for_any_attack() -> None:
     assert "x1.07 at data_noise high" in inoperative.ours and "collapsed" in inoperative.ours
     poisoning = next(t for t in threats if t.threat.startswith("Poisoning"))
     assert poisoning.verdict == "high" and "collapsed at update_noise high" in poisoning.exposure
-    assert _comparison(comps, "FedMedian restores").status == "reproduced"
+    assert _comparison(comps, "FedMedian restores").status == "inconclusive"  # x1.03-x1.05, single runs
 
 
 def _scenario(n_clients: int) -> dict[str, Any]:
@@ -101,7 +103,7 @@ def test_majority_attack_feeds_no_median_or_stealth_verdict() -> None:
     detection = _detection(margin_one=2.0, margin_two=-0.4)
     threats, comps = summarise(_scenario(n_clients=4), detection)
     restores = _comparison(comps, "FedMedian restores")
-    assert restores.status == "reproduced"  # judged on 1 malicious only: 2 of 4 is a majority
+    assert restores.status == "inconclusive"  # judged on 1 malicious only (2 of 4 is a majority): x1.03
     assert "2 (majority attack, no guarantee) malicious: x3.00" in restores.ours
     stealth = next(t for t in threats if t.threat.startswith("Stealthy"))
     assert stealth.verdict == "low" and "2 malicious (majority attack, not judged)" in stealth.exposure

@@ -1,17 +1,20 @@
 """Turn audit cell results into the numbers a reader needs: exposure per threat and the study comparison.
 
 Every number here is read from cell results; nothing is assumed. A finding whose cells failed or did
-not run says "not measured".
+not run says "not measured". A study status is read from a 95 % interval where the cells carry one
+(membership AUCs, over patients); where they do not (single poisoning runs), the finding says so and only
+an effect beyond ``SINGLE_RUN_NOISE`` decides it. An undecided status reads "inconclusive".
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from fedi2i.attacks.poisoning.summary import MIN_GAP, attack_levels, majority_attack, n_clients_of
+from fedi2i.audit.intervals import Interval, Status, joint_status, status_from_interval
 
 # The study's findings (J Med Syst 2026;50:108), as stated in its abstract.
 STUDY = {
@@ -20,6 +23,13 @@ STUDY = {
     "secagg_auc": (0.23, 0.56),
 }
 FEDMIA_METHODS = ("fedmia-loss", "fedmia-grad")
+# Largest AUC still read as chance under secure aggregation.
+CHANCE_AUC = 0.65
+# Run-to-run spread of one training run's unseen MAE: a clean FedAvg run was seen 1.2x worse than runs with
+# medium data noise. A ratio of two single runs can be off by that twice (1.2^2 = 1.44), rounded up to 1.5.
+SINGLE_RUN_NOISE = 1.5
+CONFOUND = ("mostly the centre confound: other centres' slices are told apart by their scanner, "
+            "membership aside")
 LEVEL_ORDER = ("none", "low", "medium", "high")
 
 
@@ -37,7 +47,9 @@ class Comparison:
     finding: str
     study: str
     ours: str
-    status: str  # reproduced | not reproduced | exceeded | not measured
+    status: str  # reproduced | not reproduced | exceeded | inconclusive | not measured
+    # the 95 % intervals that decided the status, by part (centre, or attack and centre): [point, low, high]
+    intervals: dict[str, list[float | None]] = field(default_factory=dict)
 
 
 def ok_results(cells: dict[str, dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
@@ -111,6 +123,44 @@ def membership_aucs(result: dict[str, Any], methods: tuple[str, ...] | None = No
             if v is not None:
                 values.append(float(v))
     return values
+
+
+def same_centre_intervals(result: dict[str, Any], methods: tuple[str, ...] | None = None
+                          ) -> dict[str, Interval | None]:
+    """Slice-level AUC against same-centre non-members, with the patient-clustered bootstrap interval the
+    membership attack stored beside it, per centre (and per method when several are read). None where no
+    interval was computed (bootstrap turned off)."""
+    out: dict[str, Interval | None] = {}
+    for name, method in (result.get("methods") or {}).items():
+        if (methods is not None and name not in methods) or not method.get("available", True):
+            continue
+        for centre, block in (method.get("centres") or {}).items():
+            s = block.get("slice") or {}
+            if s.get("auc_same_centre") is not None:
+                label = centre if methods is not None and len(methods) == 1 else f"{name} {centre}"
+                out[label] = Interval.from_ci(s["auc_same_centre"], s.get("auc_same_centre_ci95"))
+    return out
+
+
+def _interval_status(parts: dict[str, Interval | None], study_low: float, study_high: float,
+                     **sides: Status) -> Status:
+    """Every part must support the claim (``joint_status``); a part without an interval decides nothing."""
+    return joint_status(status_from_interval(iv, study_low, study_high, **sides) if iv else "inconclusive"
+                        for iv in parts.values())
+
+
+def _parts_text(parts: dict[str, Interval | None]) -> str:
+    return ", ".join(f"{k} {iv.text()}" if iv else f"{k} (no interval: bootstrap off)" for k, iv in parts.items())
+
+
+def _parts_dict(parts: dict[str, Interval | None]) -> dict[str, list[float | None]]:
+    return {k: [iv.point, iv.low, iv.high] for k, iv in parts.items() if iv}
+
+
+def _best_text(parts: dict[str, Interval | None], point: float | None) -> str:
+    """The best same-centre AUC with its interval, if the part that holds it has one."""
+    iv = next((v for v in parts.values() if v and point is not None and v.point == point), None)
+    return iv.text() if iv else _fmt(point)
 
 
 def best_available_auc(result: dict[str, Any]) -> float | None:
@@ -207,32 +257,45 @@ def summarise(cells: dict[str, dict[str, Any]], detection: dict[str, Any] | None
     secure = membership.get("membership/secagg")
     dp = membership.get("membership/dp")
     fedmia = membership_aucs(plain, ("fedmia-loss",)) if plain else []
-    fedmia_same = membership_aucs(plain, ("fedmia-loss",), field="auc_same_centre") if plain else []
     best_plain = best_available_auc(plain) if plain else None
     best_secure = best_available_auc(secure) if secure else None
     best_dp = best_available_auc(dp) if dp else None
     defended = [x for x in ((best_secure, "secure aggregation"), (best_dp, "differential privacy")) if x[0] is not None]
     best_def = min(defended) if defended else (None, "secure aggregation")
+    def_parts = same_centre_intervals(secure if best_def[1] == "secure aggregation" else dp) if defended else {}
     threats.append(Threat(
         "Membership inference (curious server learns who was in a centre's training set)",
-        f"FedMIA-I AUC up to {_fmt(max(fedmia) if fedmia else None)} against all non-members; best "
-        f"same-centre AUC (membership itself) {_fmt(best_plain)}",
-        best_def[1], f"best same-centre AUC {_fmt(best_def[0])}", _level(best_plain, 0.8, 0.6)))
-    if fedmia:
-        lo, hi = min(fedmia), max(fedmia)
-        status = "reproduced" if hi >= STUDY["fedmia_auc"][0] else "exceeded" if lo > STUDY["fedmia_auc"][1] else "not reproduced"
+        f"best same-centre AUC (membership itself) "
+        f"{_best_text(same_centre_intervals(plain) if plain else {}, best_plain)}; beside it, FedMIA-I AUC up "
+        f"to {_fmt(max(fedmia) if fedmia else None)} against all non-members ({CONFOUND})",
+        best_def[1], f"best same-centre AUC {_best_text(def_parts, best_def[0])}", _level(best_plain, 0.8, 0.6)))
+    parts = same_centre_intervals(plain, ("fedmia-loss",)) if plain else {}
+    if parts:
+        beside = (f"; beside it, against all non-members {min(fedmia):.2f}-{max(fedmia):.2f}, {CONFOUND}"
+                  if fedmia else "")
+        comps.append(Comparison(
+            "FedMIA exposes membership", "AUC 0.92-0.99 across centres",
+            f"FedMIA-I AUC against same-centre non-members (membership itself; slice level, 95% CI over patients): "
+            f"{_parts_text(parts)}{beside}",
+            _interval_status(parts, *STUDY["fedmia_auc"]), _parts_dict(parts)))
+    elif fedmia:
         comps.append(Comparison("FedMIA exposes membership", "AUC 0.92-0.99 across centres",
-                                f"FedMIA-I AUC {lo:.2f}-{hi:.2f} across centres (slice level); against same-centre "
-                                f"non-members only {min(fedmia_same):.2f}-{max(fedmia_same):.2f}", status))
+                                f"no same-centre non-members, so membership itself is not measured; against all "
+                                f"non-members {min(fedmia):.2f}-{max(fedmia):.2f}, {CONFOUND}", "not measured"))
     else:
         comps.append(Comparison("FedMIA exposes membership", "AUC 0.92-0.99", "not measured", "not measured"))
-    if secure is not None:
+    secure_parts = same_centre_intervals(secure) if secure is not None else {}
+    if secure_parts:
         fedmia_secure = membership_aucs(secure, FEDMIA_METHODS)
-        ours = (f"per-client FedMIA unavailable by construction; best attack on what the server sees: "
-                f"same-centre AUC {_fmt(best_secure)}" if not fedmia_secure else f"FedMIA AUC up to {max(fedmia_secure):.2f}")
-        near_chance = best_secure is not None and best_secure <= 0.65
+        ours = ("per-client FedMIA unavailable by construction; attacks on what the server sees, "
+                if not fedmia_secure else f"FedMIA AUC up to {max(fedmia_secure):.2f}; ")
+        ours += (f"same-centre AUC (95% CI over patients; chance up to {CHANCE_AUC}): {_parts_text(secure_parts)}")
         comps.append(Comparison("SecAgg brings membership inference to chance", "AUC 0.23-0.56", ours,
-                                "reproduced" if near_chance else "not reproduced"))
+                                _interval_status(secure_parts, -math.inf, CHANCE_AUC, above="not reproduced"),
+                                _parts_dict(secure_parts)))
+    elif secure is not None:
+        comps.append(Comparison("SecAgg brings membership inference to chance", "AUC 0.23-0.56",
+                                "no same-centre AUC under secure aggregation", "not measured"))
     else:
         comps.append(Comparison("SecAgg brings membership inference to chance", "AUC 0.23-0.56", "not measured",
                                 "not measured"))
@@ -281,6 +344,24 @@ def summarise(cells: dict[str, dict[str, Any]], detection: dict[str, Any] | None
     return threats, comps
 
 
+def single_run_status(ratios: list[float], threshold: float, *, claim_above: bool) -> Status:
+    """Status of a poisoning claim read from single runs (one clean, one attacked run per cell: no interval).
+
+    Conservative rule: a single ratio decides only when it clears the study's threshold by the factor
+    ``SINGLE_RUN_NOISE`` (the largest plausible run-to-run noise of a ratio of two single runs); anything
+    nearer is "inconclusive". ``claim_above``: the claim is that some ratio reaches ``threshold`` ("FedAvg
+    inoperative"); otherwise that every ratio stays within it ("FedMedian restores performance").
+    """
+    far_above = [r for r in ratios if r >= threshold * SINGLE_RUN_NOISE]
+    far_below = [r for r in ratios if r <= threshold / SINGLE_RUN_NOISE]
+    if claim_above:
+        return "reproduced" if far_above else "not reproduced" if len(far_below) == len(ratios) else "inconclusive"
+    return "not reproduced" if far_above else "reproduced" if len(far_below) == len(ratios) else "inconclusive"
+
+
+SINGLE_RUN_NOTE = f"single runs, no interval: decided only beyond x{SINGLE_RUN_NOISE} run-to-run noise"
+
+
 def _majority_counts(rows: list[dict[str, Any]]) -> set[int]:
     """Numbers of malicious centres that are half or more of a round's clients in some cell."""
     return {r["n_malicious"] for r in rows
@@ -326,17 +407,15 @@ def _poisoning(rows: list[dict[str, Any]], levels: dict[str, list[str]], detecti
         _level(worst, 1.5, 1.1)))
     ratios = [v for v in avg_x.values() if v is not None]
     comps.append(Comparison("High noise makes FedAvg inoperative", "federation inoperative",
-                            "unseen MAE vs clean: " + listing(avg_x, _times),
-                            "reproduced" if any(r >= 1.5 for r in ratios) else "not reproduced" if ratios
-                            else "not measured"))
+                            f"unseen MAE vs clean: {listing(avg_x, _times)} ({SINGLE_RUN_NOTE})",
+                            single_run_status(ratios, 1.5, claim_above=True) if ratios else "not measured"))
     judged = [_ratio(med[(a, n)], med_base) for a in levels for n in covered]
     judged = [v for v in judged if v is not None]
-    ours = "unseen MAE vs clean, " + by_count(_times, med_base)
+    ours = f"unseen MAE vs clean, {by_count(_times, med_base)} ({SINGLE_RUN_NOTE})"
     if counts and not covered:
         ours += "; no configuration within FedMedian's guarantee (a malicious minority), so no verdict"
     comps.append(Comparison("FedMedian restores performance under high noise", "close to baseline in most scenarios",
-                            ours, "reproduced" if judged and all(r <= 1.2 for r in judged) else
-                            "not reproduced" if judged else "not measured"))
+                            ours, single_run_status(judged, 1.2, claim_above=False) if judged else "not measured"))
     noise = [a for a in levels if "noise" in a]
     stealth_attack = "data_noise" if "data_noise" in noise else (noise or list(levels))[0]
     det = detection.get(stealth_attack)

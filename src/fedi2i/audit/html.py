@@ -21,6 +21,7 @@ th { background: #eef2f8; }
 .tag-reproduced { color: #1d6b2a; font-weight: bold; }
 .tag-exceeded { color: #8a1c14; font-weight: bold; }
 .tag-not-reproduced { color: #7a5200; font-weight: bold; }
+.tag-inconclusive { color: #555555; font-weight: bold; }
 .fig { display: inline-block; margin: .5em; text-align: center; font-size: .85em; color: #555; }
 .fig img { max-width: 520px; border: 1px solid #d5dbe6; }
 .error { color: #8a1c14; }

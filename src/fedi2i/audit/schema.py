@@ -20,7 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from fedi2i.audit.findings import Comparison, Threat
 from fedi2i.io import read_json, unreadable, write_text
 
-SCHEMA_VERSION = 2
+# 3: study findings carry the intervals that decided them, and may read "inconclusive".
+SCHEMA_VERSION = 3
 CellKind = Literal["train", "membership", "inversion", "poison"]
 Metrics = dict[str, float | None]
 

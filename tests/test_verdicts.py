@@ -1,0 +1,128 @@
+"""Study statuses are read from intervals: "inconclusive" when an interval straddles the study's figure,
+and paired-seed ratios pair runs by seed, never by position."""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Any
+
+import pytest
+
+from fedi2i.audit.findings import single_run_status, summarise
+from fedi2i.audit.intervals import (Interval, SeededRun, joint_status, paired_ratio_interval,
+                                    status_from_interval)
+from fedi2i.audit.schema import CellEntry, MembershipResult
+
+FEDMIA = (0.92, 0.99)
+
+
+@pytest.mark.parametrize("interval", [Interval(0.93, 0.85, 0.97),   # across the study's lower bound
+                                      Interval(0.97, 0.95, 1.00),   # across its upper bound
+                                      Interval(0.95, 0.80, 1.00)])  # across both
+def test_interval_straddling_the_study_figure_is_inconclusive(interval: Interval) -> None:
+    assert status_from_interval(interval, *FEDMIA) == "inconclusive"
+
+
+def test_interval_clearly_on_one_side_gives_that_side() -> None:
+    assert status_from_interval(Interval(0.95, 0.93, 0.98), *FEDMIA) == "reproduced"
+    assert status_from_interval(Interval(0.60, 0.50, 0.91), *FEDMIA) == "not reproduced"
+    assert status_from_interval(Interval(0.97, 0.96, 0.99), 0.92, 0.95) == "exceeded"
+    # a one-sided figure where a lower number is the claim: "AUC at chance (<= 0.65)"
+    chance = dict(above="not reproduced")
+    assert status_from_interval(Interval(0.80, 0.70, 0.90), -math.inf, 0.65, **chance) == "not reproduced"
+    assert status_from_interval(Interval(0.50, 0.40, 0.60), -math.inf, 0.65, **chance) == "reproduced"
+    assert status_from_interval(Interval(0.60, 0.45, 0.75), -math.inf, 0.65, **chance) == "inconclusive"
+
+
+def test_joint_status_needs_every_part() -> None:
+    assert joint_status(["reproduced", "exceeded"]) == "reproduced"
+    assert joint_status(["exceeded", "exceeded"]) == "exceeded"
+    assert joint_status(["reproduced", "inconclusive"]) == "inconclusive"
+    assert joint_status(["inconclusive", "not reproduced"]) == "not reproduced"
+
+
+def _runs(values: dict[int, float], rounds: int = 5) -> list[SeededRun]:
+    return [SeededRun(seed, rounds, v) for seed, v in values.items()]
+
+
+def test_paired_ratio_pairs_by_seed_not_by_position() -> None:
+    # seeds differ a lot (training noise) but each attacked run is exactly twice its clean twin: paired, the
+    # ratio is 2 in every resample; paired by position after a shuffle, it would spread widely
+    clean = {1: 100.0, 2: 300.0, 3: 200.0, 4: 400.0, 5: 150.0}
+    attacked = {s: 2 * v for s, v in clean.items()}
+    ordered = paired_ratio_interval(_runs(clean), _runs(attacked))
+    assert ordered == Interval(2.0, 2.0, 2.0)
+    shuffled = _runs(attacked)
+    random.Random(0).shuffle(shuffled)
+    assert paired_ratio_interval(_runs(clean)[::-1], shuffled) == ordered
+
+
+def test_paired_ratio_interval_is_reproducible_and_covers_the_noise() -> None:
+    clean = _runs({1: 300.0, 2: 320.0, 3: 290.0, 4: 310.0})
+    attacked = _runs({1: 330.0, 2: 420.0, 3: 300.0, 4: 360.0})
+    first = paired_ratio_interval(clean, attacked, seed=7)
+    assert first == paired_ratio_interval(clean, attacked, seed=7)
+    assert first.point == pytest.approx(1410 / 1220)
+    assert first.low < 1.1 < first.point < 1.2 < first.high  # per-seed ratios span x1.03-x1.31
+
+
+def test_paired_ratio_refuses_runs_that_do_not_pair() -> None:
+    clean = _runs({1: 300.0, 2: 310.0, 3: 320.0})
+    with pytest.raises(ValueError, match=r"do not pair by seed: clean only \[3\], attacked only \[4\]"):
+        paired_ratio_interval(clean, _runs({1: 400.0, 2: 410.0, 4: 420.0}))
+    with pytest.raises(ValueError, match="differ in length"):
+        paired_ratio_interval(clean, _runs({1: 400.0, 2: 410.0}) + [SeededRun(3, 10, 420.0)])
+    with pytest.raises(ValueError, match="seed 2 appears twice"):
+        paired_ratio_interval(clean + [SeededRun(2, 5, 305.0)], _runs({1: 400.0, 2: 410.0, 3: 420.0}))
+    with pytest.raises(ValueError, match="at least 3 are needed"):
+        paired_ratio_interval(clean[:2], _runs({1: 400.0, 2: 410.0}))
+
+
+def test_single_run_ratio_decides_only_far_beyond_noise() -> None:
+    assert single_run_status([1.67], 1.5, claim_above=True) == "inconclusive"
+    assert single_run_status([1.2, math.inf], 1.5, claim_above=True) == "reproduced"
+    assert single_run_status([0.95, 0.98], 1.5, claim_above=True) == "not reproduced"
+    assert single_run_status([1.03], 1.2, claim_above=False) == "inconclusive"
+    assert single_run_status([1.03, 3.0], 1.2, claim_above=False) == "not reproduced"
+
+
+def _membership(key: str, same: dict[str, tuple[float, float, float]], all_auc: float) -> dict[str, Any]:
+    """A membership cell through the schema: FedMIA-I per centre, same-centre AUC with its interval."""
+    centres = {c: {"slice": {"auc": all_auc, "auc_same_centre": p, "auc_same_centre_ci95": [lo, hi]}}
+               for c, (p, lo, hi) in same.items()}
+    result = MembershipResult(methods={"fedmia-loss": {"available": True, "centres": centres}})
+    return CellEntry(key=key, kind="membership", title=key, status="ok", result=result.to_dict()).to_dict()
+
+
+def _finding(comps: list, name: str):
+    return next(c for c in comps if c.finding.startswith(name))
+
+
+def test_membership_finding_with_a_straddling_interval_is_inconclusive() -> None:
+    cells = {"membership/none": _membership("membership/none", {"C": (0.95, 0.93, 0.98), "D": (0.58, 0.24, 0.96)},
+                                            all_auc=0.91)}
+    threats, comps = summarise(cells)
+    fedmia = _finding(comps, "FedMIA exposes membership")
+    assert fedmia.status == "inconclusive"
+    assert "D 0.58 [95% CI 0.24-0.96]" in fedmia.ours and "C 0.95 [95% CI 0.93-0.98]" in fedmia.ours
+    # the same-centre AUC leads; the all-non-member AUC comes beside it, with its confound named
+    assert fedmia.ours.index("same-centre") < fedmia.ours.index("0.91") and "centre confound" in fedmia.ours
+    assert fedmia.intervals == {"C": [0.95, 0.93, 0.98], "D": [0.58, 0.24, 0.96]}
+    membership = next(t for t in threats if t.threat.startswith("Membership"))
+    assert membership.exposure.startswith("best same-centre AUC (membership itself) 0.95 [95% CI 0.93-0.98]")
+    # both centres clearly inside the study's range: reproduced; one clearly below: not reproduced
+    cells["membership/none"] = _membership("membership/none", {"C": (0.95, 0.93, 0.98), "D": (0.94, 0.92, 0.97)},
+                                           all_auc=0.91)
+    assert _finding(summarise(cells)[1], "FedMIA exposes membership").status == "reproduced"
+    cells["membership/none"] = _membership("membership/none", {"C": (0.95, 0.93, 0.98), "D": (0.58, 0.40, 0.70)},
+                                           all_auc=0.91)
+    assert _finding(summarise(cells)[1], "FedMIA exposes membership").status == "not reproduced"
+
+
+def test_secagg_finding_reads_chance_only_from_a_clear_interval() -> None:
+    cells = {"membership/secagg": _membership("membership/secagg", {"C": (0.58, 0.45, 0.71)}, all_auc=0.9)}
+    secagg = _finding(summarise(cells)[1], "SecAgg brings membership")
+    assert secagg.status == "inconclusive" and "0.58 [95% CI 0.45-0.71]" in secagg.ours
+    cells = {"membership/secagg": _membership("membership/secagg", {"C": (0.52, 0.40, 0.63)}, all_auc=0.9)}
+    assert _finding(summarise(cells)[1], "SecAgg brings membership").status == "reproduced"
