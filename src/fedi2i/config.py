@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 import math
 from typing import Annotated, Any, Literal
@@ -13,7 +15,6 @@ from fedi2i.errors import ConfigError
 from fedi2i.io import write_text
 from fedi2i.fl.secagg import SecAggConfig
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 GROUPS = 4  # GroupNorm groups of the U-Net (models.unet)
 Positive = Annotated[int, Field(ge=1)]
 Percent = Annotated[float, Field(ge=0.0, le=100.0)]
@@ -236,12 +237,22 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Config:
         raise ConfigError(_format_validation_error(exc, source)) from None
 
 
+def _presets() -> Traversable:
+    """Presets ship inside the package (package data), so an installed wheel finds them too."""
+    return resources.files("fedi2i") / "presets"
+
+
+def preset_names() -> list[str]:
+    """The presets shipped with the package (``quick``, ``tiny``, ...)."""
+    return sorted(entry.name.removesuffix(".yaml") for entry in _presets().iterdir()
+                  if entry.name.endswith(".yaml"))
+
+
 def preset_path(name: str) -> Path:
-    path = CONFIG_DIR / f"{name}.yaml"
-    if not path.exists():
-        known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
-        raise ConfigError(f"unknown preset {name!r}; known presets: {', '.join(known)}")
-    return path
+    """The preset's YAML file inside the installed package."""
+    if name not in preset_names():
+        raise ConfigError(f"unknown preset {name!r}; known presets: {', '.join(preset_names())}")
+    return Path(str(_presets() / f"{name}.yaml"))
 
 
 def load_config(path_or_preset: str | Path, overrides: dict[str, Any] | None = None) -> Config:
