@@ -29,7 +29,7 @@ from fedi2i.data.slices import HU_MAX, HU_MIN
 from fedi2i.data.synthrad import EXTENSIONS, check_image_values, read_image
 from fedi2i.errors import ConfigError, DataError, RunStateError
 from fedi2i.evaluate import sct_on_native
-from fedi2i.io import load_safetensors, load_torch, save_safetensors
+from fedi2i.io import atomic_path, load_safetensors, load_torch, save_safetensors
 from fedi2i.models import build_unet
 from fedi2i.runfolder import MODEL_FILE
 FORMAT = "fedi2i-sct-model/1"
@@ -182,20 +182,18 @@ def body_mask(mr: sitk.Image) -> sitk.Image:
 
 def _write_like(sct: np.ndarray, source: Path, image: sitk.Image, out: Path) -> None:
     """int16 HU on the source's grid: NIfTI with the source's affine and header, else SimpleITK."""
-    out.parent.mkdir(parents=True, exist_ok=True)
     values = np.clip(np.rint(sct), -32768, 32767).astype(np.int16)
-    tmp = out.with_name(f".{out.name}.tmp{_image_ext(out)}")
-    if out.name.endswith((".nii", ".nii.gz")) and source.name.endswith((".nii", ".nii.gz")):
-        ref = nib.load(str(source))
-        header = ref.header.copy()
-        header.set_data_dtype(np.int16)
-        header.set_slope_inter(1.0, 0.0)
-        nib.save(nib.Nifti1Image(values.transpose(2, 1, 0), ref.affine, header), str(tmp))
-    else:
-        written = sitk.GetImageFromArray(values)
-        written.CopyInformation(image)
-        sitk.WriteImage(written, str(tmp), useCompression=not out.name.endswith(".nii"))
-    tmp.replace(out)
+    with atomic_path(out, suffix=f".tmp{_image_ext(out)}") as tmp:
+        if out.name.endswith((".nii", ".nii.gz")) and source.name.endswith((".nii", ".nii.gz")):
+            ref = nib.load(str(source))
+            header = ref.header.copy()
+            header.set_data_dtype(np.int16)
+            header.set_slope_inter(1.0, 0.0)
+            nib.save(nib.Nifti1Image(values.transpose(2, 1, 0), ref.affine, header), str(tmp))
+        else:
+            written = sitk.GetImageFromArray(values)
+            written.CopyInformation(image)
+            sitk.WriteImage(written, str(tmp), useCompression=not out.name.endswith(".nii"))
 
 
 def predict_job(model: SctModel, job: PredictJob, apply_mask: bool = False) -> Path:

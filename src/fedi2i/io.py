@@ -13,7 +13,8 @@ import io
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -22,18 +23,29 @@ from fedi2i.errors import RunStateError
 DEFAULT_HINT = "delete it, or start the run over with --fresh"
 
 
-def _atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write through ``write(file)`` into a temporary sibling of ``path``, then rename it into place."""
+@contextmanager
+def atomic_path(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary sibling of ``path`` to write to, renamed into place when the block ends without error.
+
+    For writers that want a file name rather than a handle (NIfTI, ITK images: pass a ``suffix`` that ends
+    in the format's extension, since they choose the format from it); removed if the block fails.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
+        yield Path(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Write through ``write(file)`` into a temporary sibling of ``path``, then rename it into place."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        write(handle)
 
 
 def write_bytes(path: Path, data: bytes) -> None:

@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from fedi2i.cli.app import attack_app, check_out_folder, console, parse_overrides, run_config, setup_logging
-from fedi2i.config import Config
+from fedi2i.config import Config, set_dotted
 from fedi2i.errors import RecordError
 
 if TYPE_CHECKING:  # the attack code (torch, MONAI) is imported only when the command runs
@@ -132,11 +132,7 @@ def _nest(overrides: dict[str, Any]) -> dict[str, Any]:
     """``{"i2i.lr": 0.02}`` -> ``{"i2i": {"lr": 0.02}}`` for the pydantic settings."""
     nested: dict[str, Any] = {}
     for key, value in overrides.items():
-        node = nested
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
+        set_dotted(nested, key, value)
     return nested
 
 
