@@ -13,7 +13,6 @@ MetaImage: its origin, spacing and direction).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -220,9 +219,3 @@ def predict_job(model: SctModel, job: PredictJob, apply_mask: bool = False) -> P
         sct = np.where(sitk.GetArrayViewFromImage(mask) > 0, sct, HU_MIN)
     _write_like(sct, job.mr, mr, job.out)
     return job.out
-
-
-def predict_all(model: SctModel, jobs: list[PredictJob], apply_mask: bool = False) -> Iterator[Path]:
-    """Translate every job in order, yielding each file written."""
-    for job in jobs:
-        yield predict_job(model, job, apply_mask)
