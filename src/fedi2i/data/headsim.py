@@ -18,7 +18,6 @@ import logging
 import math
 import os
 import string
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +38,7 @@ from fedi2i.data.headsim_sources import (
 )
 from fedi2i.data.synthrad import patient_id, write_patient
 from fedi2i.errors import ConfigError, DataError
+from fedi2i.io import atomic_path
 
 __all__ = [
     "Anatomy",
@@ -299,12 +299,10 @@ def _save_template(template: HeadTemplate, path: Path) -> None:
     meta["version"] = TEMPLATE_VERSION
     arrays = {"ct": template.ct.astype(np.int16)}
     arrays.update({k: template.channel(k).astype(np.float16) for k in ("t1", "s_cav", "d_bone")})
-    fd, tmp = tempfile.mkstemp(suffix=".npz", dir=path.parent)
-    os.close(fd)
-    with open(tmp, "wb") as handle:
-        np.savez_compressed(handle, meta=np.array(json.dumps(meta)), **arrays)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez_compressed(handle, meta=np.array(json.dumps(meta)), **arrays)
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; the cached template stays readable as before
 
 
 def _load_template(path: Path) -> HeadTemplate:
