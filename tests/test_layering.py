@@ -7,6 +7,7 @@ rank  modules                                why there
 ====  =====================================  ==========================================================
 0     errors, seeding, fedi2i/__init__       helpers every layer needs (and the root), importing nothing
 1     io                                     atomic writes and guarded reads (raises errors)
+1     secagg_settings                        the SecAgg settings model the config embeds (errors only)
 2     config                                 the validated settings every layer reads
 3     runfolder                              the run folder's files and fingerprint (config + io)
 4     metrics, tissue_metrics                pure image metrics over arrays
@@ -35,16 +36,9 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "fedi2i"
 
-RANK = {"errors": 0, "seeding": 0, "io": 1, "config": 2, "runfolder": 3, "metrics": 4, "tissue_metrics": 4,
-        "data": 10, "models": 20, "evaluate": 30, "figures": 30, "inference": 31, "privacy": 35, "fl": 40,
+RANK = {"errors": 0, "seeding": 0, "io": 1, "secagg_settings": 1, "config": 2, "runfolder": 3, "metrics": 4,
+        "tissue_metrics": 4, "data": 10, "models": 20, "evaluate": 30, "figures": 30, "inference": 31, "privacy": 35, "fl": 40,
         "training": 50, "attacks": 60, "audit": 70, "cli": 80, "__init__": 0}
-
-# Justified exceptions: (importer, imported) -> reason. Keep this short; each entry is a debt.
-EXCEPTIONS = {
-    ("config", "fl"): "the config schema embeds SecAggConfig, the SecAgg protocol's own settings model "
-                      "(fl/secagg/config.py: pydantic and errors only); moving it below config is pending",
-}
-
 
 def module_name(path: Path) -> str:
     rel = path.relative_to(SRC).with_suffix("")
@@ -100,15 +94,9 @@ def test_no_import_goes_up_a_layer() -> None:
     for importer, targets in graph().items():
         for target in targets:
             a, b = layer(importer), layer(target)
-            if a != b and RANK[b] >= RANK[a] and (a, b) not in EXCEPTIONS:
+            if a != b and RANK[b] >= RANK[a]:
                 upward.append(f"{importer} ({a}, rank {RANK[a]}) imports {target} ({b}, rank {RANK[b]})")
     assert not upward, "upward imports:\n" + "\n".join(sorted(upward))
-
-
-def test_exceptions_are_still_needed() -> None:
-    """An exception that no import needs any more is removed, so the list cannot only grow."""
-    edges = {(layer(a), layer(b)) for a, targets in graph().items() for b in targets}
-    assert not set(EXCEPTIONS) - edges, f"stale exceptions: {sorted(set(EXCEPTIONS) - edges)}"
 
 
 def cycles(edges: dict[str, set[str]]) -> list[list[str]]:

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fedi2i.errors import ConfigError
 from fedi2i.io import write_text
-from fedi2i.fl.secagg import SecAggConfig
+from fedi2i.secagg_settings import SecAggConfig
 
 GROUPS = 4  # GroupNorm groups of the U-Net (models.unet)
 Positive = Annotated[int, Field(ge=1)]
