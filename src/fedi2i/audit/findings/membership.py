@@ -1,0 +1,109 @@
+"""Membership findings: led by the AUC against same-centre non-members (membership itself), with the
+patient-clustered bootstrap interval the membership attack stored beside it."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from fedi2i.audit.findings.common import (CHANCE_AUC, CONFOUND, FEDMIA_METHODS, STUDY, Comparison, Threat, fmt,
+                                          interval_status, level, ok_results, parts_dict, parts_text)
+from fedi2i.audit.intervals import Interval
+
+def membership_aucs(result: dict[str, Any], methods: tuple[str, ...] | None = None,
+                    level: str = "slice", field: str = "auc") -> list[float]:
+    values = []
+    for name, method in (result.get("methods") or {}).items():
+        if methods is not None and name not in methods:
+            continue
+        if not method.get("available", True):
+            continue
+        for centre in (method.get("centres") or {}).values():
+            v = (centre.get(level) or {}).get(field)
+            if v is not None:
+                values.append(float(v))
+    return values
+
+
+def same_centre_intervals(result: dict[str, Any], methods: tuple[str, ...] | None = None
+                          ) -> dict[str, Interval | None]:
+    """Slice-level AUC against same-centre non-members, with the patient-clustered bootstrap interval the
+    membership attack stored beside it, per centre (and per method when several are read). None where no
+    interval was computed (bootstrap turned off)."""
+    out: dict[str, Interval | None] = {}
+    for name, method in (result.get("methods") or {}).items():
+        if (methods is not None and name not in methods) or not method.get("available", True):
+            continue
+        for centre, block in (method.get("centres") or {}).items():
+            s = block.get("slice") or {}
+            if s.get("auc_same_centre") is not None:
+                label = centre if methods is not None and len(methods) == 1 else f"{name} {centre}"
+                out[label] = Interval.from_ci(s["auc_same_centre"], s.get("auc_same_centre_ci95"))
+    return out
+
+
+def _best_text(parts: dict[str, Interval | None], point: float | None) -> str:
+    """The best same-centre AUC with its interval, if the part that holds it has one."""
+    iv = next((v for v in parts.values() if v and point is not None and v.point == point), None)
+    return iv.text() if iv else fmt(point)
+
+
+def best_available_auc(result: dict[str, Any]) -> float | None:
+    """Best same-centre AUC over methods: the membership signal itself, not the scanner confound
+    (non-members from another centre can be rejected because of their scanner alone)."""
+    values = membership_aucs(result, field="auc_same_centre")
+    return max(values) if values else None
+
+
+def membership_findings(cells: dict[str, dict[str, Any]]) -> tuple[list[Threat], list[Comparison]]:
+    """The membership threat row and the study's two membership findings."""
+    threats: list[Threat] = []
+    comps: list[Comparison] = []
+    membership = ok_results(cells, "membership")
+    plain = membership.get("membership/none")
+    secure = membership.get("membership/secagg")
+    dp = membership.get("membership/dp")
+    fedmia = membership_aucs(plain, ("fedmia-loss",)) if plain else []
+    best_plain = best_available_auc(plain) if plain else None
+    best_secure = best_available_auc(secure) if secure else None
+    best_dp = best_available_auc(dp) if dp else None
+    defended = [x for x in ((best_secure, "secure aggregation"), (best_dp, "differential privacy")) if x[0] is not None]
+    best_def = min(defended) if defended else (None, "secure aggregation")
+    def_parts = same_centre_intervals(secure if best_def[1] == "secure aggregation" else dp) if defended else {}
+    threats.append(Threat(
+        "Membership inference (curious server learns who was in a centre's training set)",
+        f"best same-centre AUC (membership itself) "
+        f"{_best_text(same_centre_intervals(plain) if plain else {}, best_plain)}; beside it, FedMIA-I AUC up "
+        f"to {fmt(max(fedmia) if fedmia else None)} against all non-members ({CONFOUND})",
+        best_def[1], f"best same-centre AUC {_best_text(def_parts, best_def[0])}", level(best_plain, 0.8, 0.6)))
+    parts = same_centre_intervals(plain, ("fedmia-loss",)) if plain else {}
+    if parts:
+        beside = (f"; beside it, against all non-members {min(fedmia):.2f}-{max(fedmia):.2f}, {CONFOUND}"
+                  if fedmia else "")
+        comps.append(Comparison(
+            "FedMIA exposes membership", "AUC 0.92-0.99 across centres",
+            f"FedMIA-I AUC against same-centre non-members (membership itself; slice level, 95% CI over patients): "
+            f"{parts_text(parts)}{beside}",
+            interval_status(parts, *STUDY["fedmia_auc"]), parts_dict(parts)))
+    elif fedmia:
+        comps.append(Comparison("FedMIA exposes membership", "AUC 0.92-0.99 across centres",
+                                f"no same-centre non-members, so membership itself is not measured; against all "
+                                f"non-members {min(fedmia):.2f}-{max(fedmia):.2f}, {CONFOUND}", "not measured"))
+    else:
+        comps.append(Comparison("FedMIA exposes membership", "AUC 0.92-0.99", "not measured", "not measured"))
+    secure_parts = same_centre_intervals(secure) if secure is not None else {}
+    if secure_parts:
+        fedmia_secure = membership_aucs(secure, FEDMIA_METHODS)
+        ours = ("per-client FedMIA unavailable by construction; attacks on what the server sees, "
+                if not fedmia_secure else f"FedMIA AUC up to {max(fedmia_secure):.2f}; ")
+        ours += (f"same-centre AUC (95% CI over patients; chance up to {CHANCE_AUC}): {parts_text(secure_parts)}")
+        comps.append(Comparison("SecAgg brings membership inference to chance", "AUC 0.23-0.56", ours,
+                                interval_status(secure_parts, -math.inf, CHANCE_AUC, above="not reproduced"),
+                                parts_dict(secure_parts)))
+    elif secure is not None:
+        comps.append(Comparison("SecAgg brings membership inference to chance", "AUC 0.23-0.56",
+                                "no same-centre AUC under secure aggregation", "not measured"))
+    else:
+        comps.append(Comparison("SecAgg brings membership inference to chance", "AUC 0.23-0.56", "not measured",
+                                "not measured"))
+    return threats, comps
