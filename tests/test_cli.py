@@ -28,8 +28,10 @@ def test_help_lists_commands() -> None:
 def test_train_cli_tiny(phantom_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     result = runner.invoke(app, ["train", "-c", "tiny", "--data", str(phantom_root), "--out", str(out),
-                                 "--rounds", "1", "--record-rounds", "0", "-q"])
+                                 "--rounds", "2", "--record-rounds", "0"])
     assert result.exit_code == 0, result.output
+    # the bar shows the validation of round 1's model, which came back while round 2 ran
+    assert re.search(r"2/2 .*val MAE \d+ HU \(round 1\)", result.output), result.output
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["finished"] and metrics["mode"] == "federated"
     assert (out / "record" / "round_0000.safetensors").exists()

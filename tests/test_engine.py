@@ -12,6 +12,7 @@ from fedi2i.config import Config
 from fedi2i.errors import AggregationError, DataError, RecordError
 from fedi2i.fl.client import ClientUpdate
 from fedi2i.fl.observer import ServerRecord
+from fedi2i.fl.round_loop import RoundEntry
 from fedi2i.fl.server import Aggregator
 from fedi2i.fl.strategies import build_rule
 from fedi2i.training import RunOptions, train
@@ -30,7 +31,11 @@ def test_same_seed_same_first_round_loss(tiny_config: Config, tiny_data, tmp_pat
 
 def test_resume_equals_uninterrupted(tiny_config: Config, tiny_data, tmp_path: Path) -> None:
     cfg = tiny_config.model_copy(update={"train": tiny_config.train.model_copy(update={"rounds": 3})})
-    full = train(cfg, tmp_path / "full", tiny_data)
+    seen: list[tuple[int, RoundEntry]] = []
+    full = train(cfg, tmp_path / "full", tiny_data, RunOptions(on_round=lambda done, e: seen.append((done, e))))
+    # the callback gets each round's typed entry; its val fills in when the next round brings it back
+    assert [done for done, _ in seen] == [1, 2, 3]
+    assert [e.to_dict() for _, e in seen] == full.run.history and all(e.val for _, e in seen)
     partial = train(cfg, tmp_path / "resumed", tiny_data, RunOptions(stop_after=1))
     assert partial.run.next_round == 1 and not partial.metrics["finished"]
     resumed = train(cfg, tmp_path / "resumed", tiny_data)

@@ -16,6 +16,7 @@ if TYPE_CHECKING:  # the attack code (torch) is imported only when the command r
     from fedi2i.attacks.poisoning.matrix import PoisonCell
     from fedi2i.attacks.poisoning.settings import PoisonSettings
     from fedi2i.data.federation import FederatedData
+    from fedi2i.fl.round_loop import RoundEntry
 
 
 @attack_app.command("poison")
@@ -68,7 +69,7 @@ def _run(cfg: Config, fed: FederatedData, cells: list[PoisonCell], settings: Poi
         current = progress.add_task("rounds", total=rounds, status=cells[0].key if cells else "")
         index = {"i": 0}
 
-        def on_round(done: int, entry: dict[str, Any]) -> None:
+        def on_round(done: int, entry: RoundEntry) -> None:
             progress.update(current, completed=done)
 
         def on_cell(cell: PoisonCell, result: dict[str, Any], reused: bool) -> None:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from fedi2i.cli.app import console
 
 if TYPE_CHECKING:
-    from fedi2i.fl.round_loop import RoundCallback
+    from fedi2i.fl.round_loop import RoundCallback, RoundEntry
 
 
 @contextmanager
@@ -25,13 +25,16 @@ def round_progress(total_rounds: int, label: str, enabled: bool = True) -> Itera
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task(label, total=total_rounds, status="")
 
-        def on_round(done: int, entry: dict[str, Any]) -> None:
-            losses = entry.get("train_loss", {})
-            mean = sum(losses.values()) / max(len(losses), 1)
-            status = f"loss {mean:.4f}"
-            if "val" in entry:
-                maes = [v["mae"] for v in entry["val"].values()]
-                status += f"  val MAE {sum(maes) / len(maes):.0f} HU"
+        shown: list[RoundEntry] = []  # the previous round's entry gets its val while this round runs
+
+        def on_round(done: int, entry: RoundEntry) -> None:
+            losses = entry.train_loss
+            status = f"loss {sum(losses.values()) / max(len(losses), 1):.4f}"
+            validated = next((e for e in (entry, *shown[-1:]) if e.val), None)
+            if validated is not None:
+                maes = [v["mae"] for v in validated.val.values()]  # type: ignore[union-attr]
+                status += f"  val MAE {sum(maes) / len(maes):.0f} HU (round {validated.round + 1})"
+            shown[:] = [entry]
             progress.update(task, completed=done, status=status)
 
         yield on_round

@@ -37,9 +37,6 @@ from fedi2i.seeding import hash_seed
 
 log = logging.getLogger(__name__)
 
-# Called after each round with (rounds done, history entry) so a UI can show progress.
-RoundCallback = Callable[[int, dict[str, Any]], None]
-
 Summary = dict[str, float]  # one centre's metric summary (mae, psnr, ssim, ...)
 
 
@@ -113,6 +110,17 @@ class RoundEntry:
         if self.transport is not None:
             out["flower"] = self.transport
         return out
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> RoundEntry:
+        """The entry of a history written by :meth:`to_dict` (a resumed run's last round)."""
+        fields = {k: v for k, v in raw.items() if k != "flower"}
+        return cls(**fields, transport=raw.get("flower"))
+
+
+# Called after each round with (rounds done, that round's entry) so a UI can show progress. The entry's
+# ``val`` fills in one round later, when the validation of its model comes back with the next round.
+RoundCallback = Callable[[int, RoundEntry], None]
 
 
 @dataclass
@@ -222,38 +230,39 @@ class RoundLoop:
         pending = self._pending(run)
         done_here = 0
         while run.next_round < self.config.train.rounds and (stop_after is None or done_here < stop_after):
-            result = self.run_round(run.next_round, run.global_vector,
-                                    previous=run.history[pending] if pending is not None else None)
-            entry = result.entry.to_dict()
-            pending = run.next_round if eval_due(self.config, run.next_round) else None
+            result = self.run_round(run.next_round, run.global_vector, previous=pending)
+            if pending is not None and pending.val is not None:
+                run.history[pending.round] = pending.to_dict()
+            pending = result.entry if eval_due(self.config, run.next_round) else None
             run.global_vector = result.new_global
-            run.history.append(entry)
+            run.history.append(result.entry.to_dict())
             run.next_round += 1
             done_here += 1
             run.counters = self.pool.counters()
             save_checkpoint(self.run_dir, run)
             if on_round is not None:
-                on_round(run.next_round, entry)
+                on_round(run.next_round, result.entry)
         if pending is not None:  # the last round's result has no next request to travel with
             val = self.pool.evaluate(run.global_vector, "val")
             if val:
-                run.history[pending]["val"] = val
+                pending.val = val
+                run.history[pending.round] = pending.to_dict()
                 save_checkpoint(self.run_dir, run)
         write_json(self.run_dir / "history.json", run.history)
         return run
 
-    def _pending(self, run: FederatedRun) -> int | None:
+    def _pending(self, run: FederatedRun) -> RoundEntry | None:
         """A resumed run whose last round was due for validation and was stopped before it got it."""
         last = run.next_round - 1
         if last >= 0 and eval_due(self.config, last) and "val" not in run.history[last]:
-            return last
+            return RoundEntry.from_dict(run.history[last])
         return None
 
-    def run_round(self, r: int, global_vector: torch.Tensor, previous: dict[str, Any] | None = None) -> RoundResult:
+    def run_round(self, r: int, global_vector: torch.Tensor, previous: RoundEntry | None = None) -> RoundResult:
         """One round: sample, let the pool train, aggregate and record through the Aggregator.
 
-        ``previous`` is the history entry of the round that produced ``global_vector`` when it is due for
-        validation: the validation travels with this round's request and lands there (before aggregation,
+        ``previous`` is the entry of the round that produced ``global_vector`` when it is due for
+        validation: the validation travels with this round's request and lands in it (before aggregation,
         so a round that then fails still leaves it)."""
         start = time.perf_counter()
         cids = sample_clients(self.pool.clients(), self.config.federation.clients_per_round, self.config.seed, r)
@@ -261,7 +270,7 @@ class RoundLoop:
         plan = RoundPlan(r, cids, lr, previous is not None, self.aggregator.min_clients)
         got = self.pool.fit(plan, global_vector)
         if previous is not None and got.val:
-            previous["val"] = got.val
+            previous.val = got.val
         extra = record_extra(self.config, lr, got.updates)
         t = time.perf_counter()
         if got.secure is None:

@@ -23,7 +23,7 @@ from fedi2i.attacks.poisoning.settings import PoisonSettings, RuleParams, load_p
 from fedi2i.config import Config, config_from_dict
 from fedi2i.data.federation import FederatedData, load_federation
 from fedi2i.errors import AggregationError, ConfigError
-from fedi2i.fl.round_loop import RoundCallback
+from fedi2i.fl.round_loop import RoundCallback, RoundEntry
 from fedi2i.io import write_json
 from fedi2i.fl.strategies import build_rule
 from fedi2i.models import build_unet
@@ -203,9 +203,9 @@ def _train_cell(config: Config, data: FederatedData, cell: PoisonCell, out_dir: 
     mask = weight_mask(build_unet(cfg.model)) if settings.detector.weights_only else None
     detector = UpdateDetector(settings.detector, include=mask)
     run_dir = cell_dir(out_dir, cell)
-    history: list[dict[str, Any]] = []
+    history: list[RoundEntry] = []
 
-    def record(done: int, entry: dict[str, Any]) -> None:
+    def record(done: int, entry: RoundEntry) -> None:
         history.append(entry)
         if on_round is not None:
             on_round(done, entry)
@@ -219,10 +219,11 @@ def _train_cell(config: Config, data: FederatedData, cell: PoisonCell, out_dir: 
         # Too few usable (finite) updates in a round: the federation stopped working, which is the outcome
         # the attack aimed for, not an error of the experiment.
         write_json(run_dir / "detector.json", detector.history)
-        write_json(run_dir / "history.json", history)
+        rows = [e.to_dict() for e in history]
+        write_json(run_dir / "history.json", rows)
         return {"collapsed": True, "collapsed_round": len(history), "collapse_reason": str(exc),
                 "diverged": True, "unseen": {}, "unseen_mean": {}, "honest": {}, "honest_mean": {},
-                "malicious_centres": {}, "val_curve": _val_curve(history, cell, config),
+                "malicious_centres": {}, "val_curve": _val_curve(rows, cell, config),
                 "detector": detector.summary(), "rounds": cfg.train.rounds,
                 "seconds": time.perf_counter() - start, "run_dir": str(run_dir),
                 "history_path": str(run_dir / "history.json"), "detector_path": str(run_dir / "detector.json")}

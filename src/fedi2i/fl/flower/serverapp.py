@@ -19,6 +19,7 @@ from fedi2i.config import config_from_dict
 from fedi2i.errors import ConfigError
 from fedi2i.fl.flower import protocol as P
 from fedi2i.fl.flower.rounds import Exchange, ServerRounds
+from fedi2i.fl.round_loop import RoundEntry
 
 log = logging.getLogger(__name__)
 app = ServerApp()
@@ -83,8 +84,8 @@ def main(grid: Grid, context: Context) -> None:
     transport = GridTransport(grid, poll=poll, timeout=float(rc.get(P.RUN_TIMEOUT, 600.0)))
     rounds = ServerRounds(config, str(run_dir), transport, min_nodes=int(rc.get(P.RUN_NODES, 0)), poll=poll)
 
-    def progress(done: int, entry: dict) -> None:
-        log.info("round %d/%d done in %.1f s (survivors %s)", done, config.train.rounds, entry["round_seconds"],
-                 entry["survivors"])
+    def progress(done: int, entry: RoundEntry) -> None:
+        log.info("round %d/%d done in %.1f s (survivors %s)", done, config.train.rounds, entry.round_seconds,
+                 entry.survivors)
 
     rounds.run(resume=bool(rc.get(P.RUN_RESUME, True)), on_round=progress)
