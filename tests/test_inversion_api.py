@@ -143,6 +143,25 @@ def test_cli_attacks_a_recorded_round(victim_run: Path, tmp_path: Path) -> None:
     assert bad.exit_code == 4 and "client Q is not in round 0" in bad.output
 
 
+def test_cli_grid_is_its_own_command_and_takes_its_options(victim_run: Path, tmp_path: Path) -> None:
+    from fedi2i.cli import app
+    import fedi2i.cli.attack_inversion  # noqa: F401  (registers the commands)
+
+    runner = CliRunner()
+    out = tmp_path / "grid"
+    ok = runner.invoke(app, ["attack", "inversion-grid", "--run", str(victim_run), "--iterations", "3", "--set",
+                             "methods=[dlg]", "--set", "defences=[none]", "--out", str(out), "--quiet"])
+    assert ok.exit_code == 0, ok.output
+    assert f"results in {out} (results.json" in ok.output and (out / "table.md").is_file()
+    cells = json.loads((out / "results.json").read_text())
+    assert [(c["method"], c["defence"], c["iterations"]) for c in cells] == [("dlg", "none", 3)]
+    # options of the single attack are refused, not ignored
+    refused = runner.invoke(app, ["attack", "inversion-grid", "--run", str(victim_run), "--client", "B"])
+    assert refused.exit_code == 2 and "No such option" in refused.output
+    gone = runner.invoke(app, ["attack", "inversion", "--run", str(victim_run), "--grid"])
+    assert gone.exit_code == 2 and "No such option" in gone.output
+
+
 def test_long_local_training_is_replayed_in_capped_steps() -> None:
     from fedi2i.attacks.inversion.base import MAX_REPLAY_STEPS, _capped
 

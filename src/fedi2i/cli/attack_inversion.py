@@ -1,4 +1,5 @@
-"""``fedi2i attack inversion``: gradient inversion (DLG, Inverting Gradients, I2I) on a recorded run."""
+"""``fedi2i attack inversion`` (one recorded update) and ``fedi2i attack inversion-grid`` (the threat grid):
+gradient inversion (DLG, Inverting Gradients, I2I) on a trained run."""
 
 from __future__ import annotations
 
@@ -57,6 +58,14 @@ def _budget(settings: InversionSettings, method: str, image_size: int) -> int:
     return s.iterations * getattr(s, "restarts", 1)
 
 
+# Options both commands take, spelled once.
+IterationsOption = Annotated[Optional[int], typer.Option(help="Attack iterations (default: from the config).")]
+SeedOption = Annotated[Optional[int], typer.Option(help="Seed of the attack's random starts.")]
+OutOption = Annotated[Optional[Path], typer.Option(help="Output folder (default: RUN/attacks/inversion).")]
+SetOption = Annotated[Optional[list[str]], typer.Option("--set", help="Override a setting: --set i2i.lr=0.02")]
+VerboseOption = Annotated[bool, typer.Option("--verbose", "-v")]
+
+
 @attack_app.command("inversion")
 def inversion_command(
     run: Annotated[Path, typer.Option("--run", help="Run folder holding the curious-server record (record/).")],
@@ -65,48 +74,75 @@ def inversion_command(
     round_: Annotated[Optional[int], typer.Option(
         "--round", help="Recorded round to attack (default: the first).")] = None,
     method: Annotated[Method, typer.Option("--method", "-m", help="Attack.")] = Method.i2i,
-    iterations: Annotated[Optional[int], typer.Option(help="Attack iterations (default: from the config).")] = None,
+    iterations: IterationsOption = None,
     images: Annotated[Optional[int], typer.Option(
         help="Images to reconstruct per client (default: batch size).")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed of the attack's random starts.")] = None,
-    grid: Annotated[bool, typer.Option(
-        "--grid", help="Run the whole threat grid (attacks.inversion settings) with RUN as the trained model; writes"
-                       " table.md.")] = False,
-    out: Annotated[Optional[Path], typer.Option(help="Output folder (default: RUN/attacks/inversion).")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a setting: --set i2i.lr=0.02")] = None,
+    seed: SeedOption = None,
+    out: OutOption = None,
+    set_: SetOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: VerboseOption = False,
 ) -> None:
-    """Rebuild a centre's training MRI and CT from its update, as a curious server could; scores the
-    result against the true slices (SSIM/PSNR after Hungarian matching) and draws truth vs reconstruction."""
-    setup_logging(verbose)
-    check_out_folder(out)
-    config = run_config(run)  # a wrong folder or record is named before the attack code loads
-    overrides = {k: v for k, v in parse_overrides(set_).items()}
-    if seed is not None:
-        overrides["seed"] = seed
-    out_dir = out or run / "attacks" / "inversion"
-    target = None if grid else _recorded_target(run, round_, client)
-    from fedi2i.attacks.inversion import InversionSettings, verdict
+    """Rebuild a centre's training MRI and CT from its recorded update, as a curious server could; scores
+    the result against the true slices (SSIM/PSNR after Hungarian matching) and draws truth vs reconstruction.
 
-    settings = InversionSettings.from_config(config, _nest(overrides))
-    if iterations is not None:
-        settings = settings.with_iterations(iterations)
-    if target is None:
-        results = _grid(config, run, out_dir, settings, quiet)
-        show_results(results)
-        console.print(verdict(results), markup=False)
-        console.print(f"results in {out_dir} (results.json, results.csv, table.md, figures/)", markup=False)
-        return
+    The whole threat grid is its own command: fedi2i attack inversion-grid."""
+    setup_logging(verbose)
+    config, overrides, out_dir = _prepare(run, out, set_, seed)
+    r, who, size = _recorded_target(run, round_, client)  # named before the attack code loads
+    settings = _settings(config, overrides, iterations)
     from fedi2i.attacks.inversion.run import attack_recorded_round
 
-    r, who, size = target
     with matching_progress(_budget(settings, method.value, size or config.data.image_size),
                            f"{method.value} on {who}, round {r}", not quiet) as tick:
         result = attack_recorded_round(run, r, who, method.value, settings, out_dir=out_dir, images=images,
                                        progress=tick)
     show_results([result])
     console.print(f"results in {out_dir} ({result['key']}.json, figures/{result['key']}.png)", markup=False)
+
+
+@attack_app.command("inversion-grid")
+def inversion_grid_command(
+    run: Annotated[Path, typer.Option("--run", help="A fedi2i train run folder: its config and trained model.")],
+    iterations: IterationsOption = None,
+    seed: SeedOption = None,
+    out: OutOption = None,
+    set_: SetOption = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+    verbose: VerboseOption = False,
+) -> None:
+    """The whole threat grid of the config's attacks.inversion settings (methods x batch sizes x local steps x
+    model stages x defences), with RUN's config and trained model; writes results.json, results.csv,
+    table.md and a figure per cell, and reuses finished cells when run again."""
+    setup_logging(verbose)
+    config, overrides, out_dir = _prepare(run, out, set_, seed)
+    settings = _settings(config, overrides, iterations)
+    from fedi2i.attacks.inversion import verdict
+
+    results = _grid(config, run, out_dir, settings, quiet)
+    show_results(results)
+    console.print(verdict(results), markup=False)
+    console.print(f"results in {out_dir} (results.json, results.csv, table.md, figures/)", markup=False)
+
+
+def _prepare(run: Path, out: Path | None, set_: list[str] | None,
+             seed: int | None) -> tuple[Config, dict[str, Any], Path]:
+    """The run's config, the command's overrides and the output folder: a wrong folder or a bad --set is
+    named before the attack code (torch, MONAI) loads."""
+    check_out_folder(out)
+    config = run_config(run)
+    overrides = parse_overrides(set_)
+    if seed is not None:
+        overrides["seed"] = seed
+    return config, overrides, out or run / "attacks" / "inversion"
+
+
+def _settings(config: Config, overrides: dict[str, Any], iterations: int | None) -> InversionSettings:
+    """The config's attacks.inversion settings with the --set overrides and --iterations on top."""
+    from fedi2i.attacks.inversion import InversionSettings
+
+    settings = InversionSettings.from_config(config, _nest(overrides))
+    return settings if iterations is None else settings.with_iterations(iterations)
 
 
 def _recorded_target(run: Path, round_: int | None, client: str | None) -> tuple[int, str, int | None]:
