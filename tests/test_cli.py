@@ -96,3 +96,35 @@ def test_cli_method_names_match_the_attacks() -> None:
 
     assert tuple(m.value for m in Method) == tuple(INVERSION)
     assert METHOD_NAMES == tuple(MEMBERSHIP)
+
+
+def test_cli_choices_match_the_config_schema() -> None:
+    from typing import get_args
+
+    from fedi2i.attacks.membership.settings import MembershipSettings
+    from fedi2i.cli.attack_membership import Sigma
+    from fedi2i.cli.data_cmd import Source
+    from fedi2i.config import DataConfig
+
+    assert tuple(s.value for s in Sigma) == get_args(MembershipSettings.model_fields["sigma"].annotation)
+    assert tuple(s.value for s in Source) == get_args(DataConfig.model_fields["source"].annotation)
+
+
+def test_shell_completion_offers_presets_and_fixed_choices(tmp_path: Path) -> None:
+    """What a user's shell gets on <TAB>: the shipped presets for a preset option, the set of a fixed choice."""
+    from tests.cli_harness import cli_env, run_cli
+
+    def complete(words: str) -> list[str]:
+        env = {**cli_env(), "_FEDI2I_COMPLETE": "complete_bash", "COMP_WORDS": words,
+               "COMP_CWORD": str(len(words.split(" ")) - 1)}
+        result = run_cli(env=env, timeout=120)
+        assert result.code == 0, str(result)
+        return result.stdout.split()
+
+    assert {"quick", "tiny"} <= set(complete("fedi2i audit --preset "))
+    assert complete("fedi2i train -c ti") == ["tiny"]
+    assert complete("fedi2i data build --source ") == ["head", "phantom"]
+    assert complete("fedi2i attack membership --sigma p") == ["pooled", "per-sample"]
+    refused = run_cli("data", "build", "--source", "mri", "--out", tmp_path / "d", timeout=120)
+    assert refused.code == 2 and "'mri' is not one of 'head', 'phantom'" in refused.output, str(refused)
+

@@ -13,6 +13,8 @@ import logging
 import sys
 import tempfile
 import traceback
+from collections.abc import Iterable
+from enum import Enum
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -22,7 +24,7 @@ import yaml
 from rich.console import Console
 from typer.core import TyperGroup
 
-from fedi2i.config import Config, load_config
+from fedi2i.config import Config, load_config, preset_names
 from fedi2i.errors import ConfigError, Fedi2iError, RunStateError
 
 EXIT_INTERNAL = 1
@@ -92,6 +94,17 @@ attack_app = typer.Typer(help="Attacks on a trained run: gradient inversion, mem
                          no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(attack_app, name="attack")
+
+
+def choices(name: str, values: Iterable[str]) -> type[Enum]:
+    """A str Enum of a fixed set of values: typer checks them, lists them in --help, and shell completion
+    offers them. Built from the config's own Literal types, so the CLI cannot drift from the schema."""
+    return Enum(name, {v: v for v in values}, type=str)  # type: ignore[return-value]
+
+
+def complete_preset(incomplete: str) -> list[str]:
+    """Shell completion of a preset option: the shipped presets (a YAML path is completed by the shell)."""
+    return [name for name in preset_names() if name.startswith(incomplete)]
 
 
 def setup_logging(verbose: bool) -> None:

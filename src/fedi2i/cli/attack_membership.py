@@ -11,7 +11,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from fedi2i.cli.app import attack_app, check_out_folder, console, run_config, setup_logging
+from fedi2i.cli.app import attack_app, check_out_folder, choices, console, run_config, setup_logging
 from fedi2i.errors import ConfigError
 
 if TYPE_CHECKING:  # the attack code (torch) is imported only when the command runs
@@ -20,6 +20,8 @@ if TYPE_CHECKING:  # the attack code (torch) is imported only when the command r
 # The attack's method names (``fedi2i.attacks.membership.METHODS``, checked by a test), for --help.
 METHOD_NAMES = ("fedmia-loss", "fedmia-grad", "loss", "loss-global", "loss-series", "grad-norm", "grad-cosine",
                 "grad-diff")
+MembershipMethod = choices("MembershipMethod", METHOD_NAMES)
+Sigma = choices("Sigma", ("pooled", "per-sample", "floored"))  # MembershipSettings.sigma, checked by a test
 
 
 def parse_round_list(text: Optional[str]) -> Any:
@@ -52,12 +54,12 @@ def stage_progress(enabled: bool) -> Iterator[ProgressFn | None]:
 @attack_app.command("membership")
 def membership_command(
     run: Annotated[Path, typer.Option("--run", help="Trained run folder (holds record/ and config.yaml).")],
-    method: Annotated[Optional[list[str]], typer.Option(
-        "--method", "-m", help=f"Method(s), repeatable: {'|'.join(METHOD_NAMES)} (default: all).")] = None,
+    method: Annotated[Optional[list[MembershipMethod]], typer.Option(  # type: ignore[valid-type]
+        "--method", "-m", help="Method(s), repeatable (default: all).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default: RUN/attacks/membership).")] = None,
     rounds: Annotated[Optional[str], typer.Option(help="Recorded rounds to use: all or a comma list.")] = None,
     max_slices: Annotated[Optional[int], typer.Option("--max-slices", help="Candidate slices per patient.")] = None,
-    sigma: Annotated[Optional[str], typer.Option(help="FedMIA reference spread: pooled|per-sample|floored.")] = None,
+    sigma: Annotated[Optional[Sigma], typer.Option(help="FedMIA reference spread.")] = None,  # type: ignore[valid-type]
     seed: Annotated[Optional[int], typer.Option(help="Seed of the candidate draw and bootstrap.")] = None,
     shuffle_labels: Annotated[bool, typer.Option(
         "--shuffle-labels", help="Control: permute membership labels.")] = False,
@@ -75,8 +77,8 @@ def membership_command(
     ServerRecord(run).verify()  # a damaged record file is named before data, models and attack code load
     from fedi2i.attacks.membership import run_membership, settings_from_config
 
-    settings = settings_from_config(attacks, methods=method or None, rounds=wanted,
-                                    max_slices_per_patient=max_slices, sigma=sigma, seed=seed,
+    settings = settings_from_config(attacks, methods=[m.value for m in method or []] or None, rounds=wanted,
+                                    max_slices_per_patient=max_slices, sigma=sigma and sigma.value, seed=seed,
                                     shuffle_labels=shuffle_labels or None)
     out_dir = out or run / "attacks" / "membership"
     with stage_progress(not quiet) as tick:

@@ -3,25 +3,29 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
-from fedi2i.cli.app import app, check_out_folder, console, load_cli_config, setup_logging
+from fedi2i.cli.app import app, check_out_folder, complete_preset, console, load_cli_config, setup_logging
 
 
 @app.command("audit")
 def audit_command(
-    preset: str = typer.Option("quick", "--preset", "-p", help="Preset (quick, paper, tiny) or YAML config."),
-    data: Optional[Path] = typer.Option(None, help="Dataset folder (default: built-in realistic heads, built on first use)."),
-    out: Path = typer.Option(Path("runs/audit"), help="Audit folder; re-running it skips finished cells."),
-    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override any config key: --set train.rounds=5"),
-    skip_bad: bool = typer.Option(False, "--skip-bad", help="Leave out patients whose data fail their checks "
-                                                         "(listed in each run's metrics.json)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
-    workers: Optional[int] = typer.Option(None, "--workers", "-w", min=1,
-                                          help="Cells run at once, in worker processes (default: the usable cores)."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    preset: Annotated[str, typer.Option(
+        "--preset", "-p", help="Preset (quick, paper, tiny) or YAML config.", autocompletion=complete_preset)] = "quick",
+    data: Annotated[Optional[Path], typer.Option(
+        help="Dataset folder (default: built-in realistic heads, built on first use).")] = None,
+    out: Annotated[Path, typer.Option(help="Audit folder; re-running it skips finished cells.")] = Path("runs/audit"),
+    set_: Annotated[Optional[list[str]], typer.Option(
+        "--set", help="Override any config key: --set train.rounds=5")] = None,
+    skip_bad: Annotated[bool, typer.Option(
+        "--skip-bad", help="Leave out patients whose data fail their checks (listed in each run's "
+                           "metrics.json).")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+    workers: Annotated[Optional[int], typer.Option(
+        "--workers", "-w", min=1, help="Cells run at once, in worker processes (default: the usable cores).")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Train the baseline and the defended federations, attack them all, and write report.html."""
     from fedi2i.audit.run import default_workers, run_audit

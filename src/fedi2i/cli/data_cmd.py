@@ -3,28 +3,38 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Annotated, Optional, get_args
 
 import typer
 from rich.table import Table
 
-from fedi2i.cli.app import check_out_folder, console, data_app, load_cli_config, setup_logging
+from fedi2i.cli.app import (check_out_folder, choices, complete_preset, console, data_app, load_cli_config,
+                            setup_logging)
+from fedi2i.config import DataConfig
 from fedi2i.errors import DataError
 
 if TYPE_CHECKING:  # image libraries load only when a command reads images
     from fedi2i.data.synthrad import PatientVolumes
 
 
+# The built-in dataset sources, from the config's schema.
+Source = choices("Source", get_args(DataConfig.model_fields["source"].annotation))
+
+
 @data_app.command("build")
 def build(
-    out: Optional[Path] = typer.Option(None, help="Output folder (default: the built-in dataset in the cache)."),
-    config: str = typer.Option("quick", help="Preset name or YAML file giving the data settings."),
-    source: Optional[str] = typer.Option(None, help="head (real CT skull + Colin27 T1) or phantom."),
-    centres: Optional[int] = typer.Option(None, help="Number of centres (letters A, B, ...)."),
-    patients: Optional[int] = typer.Option(None, help="Patients per centre."),
-    seed: Optional[int] = typer.Option(None, help="Seed (default: the config's)."),
-    force: bool = typer.Option(False, "--force", help="Rebuild even when a complete dataset is already there."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    out: Annotated[Optional[Path], typer.Option(
+        help="Output folder (default: the built-in dataset in the cache).")] = None,
+    config: Annotated[str, typer.Option(
+        help="Preset name or YAML file giving the data settings.", autocompletion=complete_preset)] = "quick",
+    source: Annotated[Optional[Source], typer.Option(  # type: ignore[valid-type]
+        help="head (real CT skull + Colin27 T1) or phantom.")] = None,
+    centres: Annotated[Optional[int], typer.Option(help="Number of centres (letters A, B, ...).")] = None,
+    patients: Annotated[Optional[int], typer.Option(help="Patients per centre.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed (default: the config's).")] = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Rebuild even when a complete dataset is already there.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Build a paired MRI/CT dataset in the SynthRAD2023 layout (realistic heads by default).
 
@@ -32,7 +42,7 @@ def build(
     """
     setup_logging(verbose)
     check_out_folder(out)
-    cfg = load_cli_config(config, data__source=source, data__n_centres=centres,
+    cfg = load_cli_config(config, data__source=source and source.value, data__n_centres=centres,
                           data__patients_per_centre=patients, seed=seed)
     if force:
         from fedi2i.data.federation import COMPLETE, default_dataset_dir
@@ -64,10 +74,12 @@ def _flags(vol: PatientVolumes) -> str:
 
 @data_app.command("inspect")
 def inspect(
-    root: Path = typer.Argument(..., help="Dataset folder in the SynthRAD2023 layout."),
-    mapping: Optional[Path] = typer.Option(None, help="CSV/JSON patient->centre mapping (else from IDs)."),
-    skip_bad: bool = typer.Option(False, "--skip-bad", help="Report bad patients but exit 0 (train and audit "
-                                                            "with --skip-bad leave them out)."),
+    root: Annotated[Path, typer.Argument(help="Dataset folder in the SynthRAD2023 layout.")],
+    mapping: Annotated[Optional[Path], typer.Option(
+        help="CSV/JSON patient->centre mapping (else from IDs).")] = None,
+    skip_bad: Annotated[bool, typer.Option(
+        "--skip-bad", help="Report bad patients but exit 0 (train and audit with --skip-bad leave them "
+                           "out).")] = False,
 ) -> None:
     """Check every patient (files, grid, values, mask) and show orientation, spacing and pixel type.
 

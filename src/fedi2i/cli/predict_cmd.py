@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.progress import track
@@ -14,17 +14,19 @@ from fedi2i.errors import ConfigError
 
 @app.command("predict")
 def predict_command(
-    mri: Path = typer.Argument(..., help="An MRI (.nii.gz, .nii, .mha), a SynthRAD patient folder (mr.* and "
-                                         "mask.*), or a folder of either."),
-    run: Optional[Path] = typer.Option(None, "--run", help="A finished run folder (fedi2i train --out)."),
-    model: Optional[Path] = typer.Option(None, "--model", help="A model.safetensors file (it carries its config)."),
-    out: Path = typer.Option(Path("sct"), "--out", "-o", help="Output folder, or the output file for one MRI "
-                                                              "(.nii.gz, .nii or .mha)."),
-    mask: Optional[Path] = typer.Option(None, "--mask", help="Body mask of a single MRI file (default: a patient "
-                                                             "folder's mask.*, else estimated from the MRI)."),
-    masked: bool = typer.Option(False, "--masked", help="Set the sCT outside the body mask to -1024 HU."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    mri: Annotated[Path, typer.Argument(
+        help="An MRI (.nii.gz, .nii, .mha), a SynthRAD patient folder (mr.* and mask.*), or a folder of either.")],
+    run: Annotated[Optional[Path], typer.Option("--run", help="A finished run folder (fedi2i train --out).")] = None,
+    model: Annotated[Optional[Path], typer.Option(
+        "--model", help="A model.safetensors file (it carries its config).")] = None,
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", help="Output folder, or the output file for one MRI (.nii.gz, .nii or .mha).")] = Path("sct"),
+    mask: Annotated[Optional[Path], typer.Option(
+        "--mask", help="Body mask of a single MRI file (default: a patient folder's mask.*, else estimated from "
+                       "the MRI).")] = None,
+    masked: Annotated[bool, typer.Option("--masked", help="Set the sCT outside the body mask to -1024 HU.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Write the synthetic CT of each MRI as int16 HU, on the MRI's grid (same shape, affine and direction)."""
     from fedi2i.inference import load_model, load_run_model, plan_jobs, predict_job

@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import re
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional, get_args
 
 import typer
 from rich.table import Table
 
-from fedi2i.cli.app import app, check_out_folder, console, load_cli_config, setup_logging
+from fedi2i.cli.app import (app, check_out_folder, choices, complete_preset, console, load_cli_config,
+                            setup_logging)
 from fedi2i.cli.progress import round_progress
 from fedi2i.config import Config, FederationConfig
 from fedi2i.errors import ConfigError
 from fedi2i.runfolder import check_resumable, run_fingerprint
 
 # The aggregation rules the config accepts, as a choice typer checks and lists in --help.
-Strategy = Enum("Strategy", {s: s for s in get_args(FederationConfig.model_fields["strategy"].annotation)}, type=str)
+Strategy = choices("Strategy", get_args(FederationConfig.model_fields["strategy"].annotation))
 
 
 def parse_rounds(text: Optional[str]) -> object:
@@ -35,7 +35,8 @@ def parse_rounds(text: Optional[str]) -> object:
 @app.command("train")
 def train_command(
     config: Annotated[str, typer.Option(
-        "--config", "-c", help="Preset name (quick, paper, tiny) or YAML file.")] = "quick",
+        "--config", "-c", help="Preset name (quick, paper, tiny) or YAML file.",
+        autocompletion=complete_preset)] = "quick",
     out: Annotated[Optional[Path], typer.Option(
         help="Run folder, resumed if it holds an unfinished run of the same settings (default: "
              "runs/<config>-<strategy>, see below).")] = None,
