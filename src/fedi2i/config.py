@@ -43,6 +43,11 @@ class DataConfig(_Strict):
     mr_percentiles: tuple[Percent, Percent] = (0.5, 99.5)
     val_fraction: float = Field(0.15, ge=0.0, lt=1.0)
     test_fraction: float = Field(0.15, ge=0.0, lt=1.0)
+    # patients per training centre kept out of training, validation and test: same-centre non-members that
+    # give the membership AUC its power (docs/membership.md); the fractions above split the other patients
+    holdout_patients: int = Field(0, ge=0)
+    # at most this many training patients per centre (the first by ID): the exposure curve's federation sizes
+    train_patients: int | None = Field(None, ge=1)
     skip_bad: bool = False
 
     @model_validator(mode="after")

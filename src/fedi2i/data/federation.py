@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from fedi2i.config import DataConfig
@@ -172,9 +172,17 @@ class FederatedData:
     fingerprint: str = ""
     skipped: dict[str, str] = field(default_factory=dict)
     requested: str = "folder"  # what the config asked for ("head" can fall back to "phantom")
+    holdout: dict[str, SliceSet] = field(default_factory=dict)  # held-out patients (membership non-members)
 
     def centralised_train(self) -> SliceSet:
         return SliceSet.concat(list(self.train.values()))
+
+    def with_train_patients(self, n: int) -> "FederatedData":
+        """This federation with each centre's first ``n`` training patients by ID, as ``data.train_patients=n``
+        splits it; the others take no part. Nothing is reloaded (the exposure curve's smaller federations)."""
+        train = {c: sorted(pids)[:n] for c, pids in self.split.train.items()}
+        return replace(self, split=replace(self.split, train=train),
+                       train={c: self.train[c].of_patients(pids) for c, pids in train.items()})
 
     def summary(self) -> dict[str, object]:
         """What a run folder records about its data: folder, actual source, fingerprint, grid, skipped patients."""
@@ -208,13 +216,15 @@ def load_federation(cfg: DataConfig, seed: int, progress: bool = True) -> Federa
     good = [r for r in records if r.pid in slices]
     if records and not good:
         raise DataError(f"every patient under {root} failed its checks; run `fedi2i data inspect {root}`")
-    split = split_patients(good, cfg.train_centres, cfg.unseen_centres, cfg.val_fraction, cfg.test_fraction, seed)
+    split = split_patients(good, cfg.train_centres, cfg.unseen_centres, cfg.val_fraction, cfg.test_fraction, seed,
+                           cfg.holdout_patients, cfg.train_patients)
 
     def gather(groups: dict[str, list[str]]) -> dict[str, SliceSet]:
         return {c: SliceSet.concat([slices[p] for p in pids]) for c, pids in groups.items() if pids}
 
     return FederatedData(root=root, split=split, train=gather(split.train), val=gather(split.val),
-                         test=gather(split.test), records={r.pid: r for r in good}, grid=grid,
+                         test=gather(split.test), holdout=gather(split.holdout), records={r.pid: r for r in good},
+                         grid=grid,
                          percentiles=tuple(cfg.mr_percentiles), source=source,  # type: ignore[arg-type]
                          fingerprint=fingerprint(good), skipped=skipped,
                          requested="folder" if cfg.root is not None else cfg.source)

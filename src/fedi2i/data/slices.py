@@ -154,35 +154,43 @@ def load_slices(records: list[PatientRecord], image_size: GridSettings | int, pe
 
 @dataclass(frozen=True)
 class PatientSplit:
-    """Patient IDs per centre for train / val / test; unseen centres are test-only."""
+    """Patient IDs per centre for train / val / test; unseen centres are test-only. ``holdout``: patients of a
+    training centre nobody trains, validates or tests on (membership inference's same-centre non-members)."""
 
     train: dict[str, list[str]]
     val: dict[str, list[str]]
     test: dict[str, list[str]]
+    holdout: dict[str, list[str]] = field(default_factory=dict)
 
     def all_train(self) -> list[str]:
         return [p for pids in self.train.values() for p in pids]
 
 
 def centre_split(centre: str, pids: list[str], index: int, val_fraction: float, test_fraction: float,
-                 seed: int) -> tuple[list[str], list[str], list[str]]:
-    """(train, val, test) patient IDs of the training centre at position ``index`` in the config.
+                 seed: int, holdout: int = 0, train_cap: int | None = None
+                 ) -> tuple[list[str], list[str], list[str], list[str]]:
+    """(train, val, test, holdout) patient IDs of the training centre at position ``index`` in the config.
 
     Seeded by (seed, index) only, so a Flower node that sees just its own centre splits it exactly as
-    the in-process engine does.
+    the in-process engine does. The first ``holdout`` patients of the shuffled order are held out; the
+    fractions split the rest (with ``holdout=0`` the split is the one without a hold-out).
+    ``train_cap`` keeps the first ``train_cap`` training patients by ID; the others take no part.
     """
     pids = sorted(pids)
     order = np.random.default_rng([seed, 104729, index]).permutation(len(pids))
-    pids = [pids[j] for j in order]
+    held, pids = sorted(pids[j] for j in order[:holdout]), [pids[j] for j in order[holdout:]]
     n_val = int(round(val_fraction * len(pids)))
     n_test = int(round(test_fraction * len(pids)))
     if len(pids) - n_val - n_test < 1:
-        raise DataError(f"centre {centre} has {len(pids)} patients: too few to keep one for training")
-    return sorted(pids[n_val + n_test:]), sorted(pids[:n_val]), sorted(pids[n_val:n_val + n_test])
+        raise DataError(f"centre {centre} has {len(pids) + len(held)} patients: too few to keep one for training"
+                        + (f" after holding out {len(held)} (data.holdout_patients)" if held else ""))
+    train = sorted(pids[n_val + n_test:])[:train_cap]
+    return train, sorted(pids[:n_val]), sorted(pids[n_val:n_val + n_test]), held
 
 
 def split_patients(records: list[PatientRecord], train_centres: list[str], unseen_centres: list[str],
-                   val_fraction: float, test_fraction: float, seed: int) -> PatientSplit:
+                   val_fraction: float, test_fraction: float, seed: int, holdout: int = 0,
+                   train_cap: int | None = None) -> PatientSplit:
     """Seeded patient-level split per training centre (slices of one patient never cross splits)."""
     by_centre: dict[str, list[str]] = {}
     for r in records:
@@ -190,10 +198,10 @@ def split_patients(records: list[PatientRecord], train_centres: list[str], unsee
     missing = [c for c in train_centres + unseen_centres if c not in by_centre]
     if missing:
         raise DataError(f"centre(s) {', '.join(missing)} have no patients; found {sorted(by_centre)}")
-    train, val, test = {}, {}, {}
+    train, val, test, held = {}, {}, {}, {}
     for i, centre in enumerate(train_centres):
-        train[centre], val[centre], test[centre] = centre_split(
-            centre, by_centre[centre], i, val_fraction, test_fraction, seed)
+        train[centre], val[centre], test[centre], held[centre] = centre_split(
+            centre, by_centre[centre], i, val_fraction, test_fraction, seed, holdout, train_cap)
     for centre in unseen_centres:
         test[centre] = sorted(by_centre[centre])
-    return PatientSplit(train=train, val=val, test=test)
+    return PatientSplit(train=train, val=val, test=test, holdout=held)

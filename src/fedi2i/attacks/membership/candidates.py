@@ -1,8 +1,8 @@
 """Membership ground truth by patient, and the one fixed list of candidate slices every model scores.
 
 Members of centre k are the slices of k's training patients. Non-members are patients nobody trained
-on: the validation and test patients of every training centre and the patients of the unseen
-centre(s). Membership is decided per patient, never per slice, because neighbouring axial slices of
+on: the held-out (``data.holdout_patients``), validation and test patients of every training centre and
+the patients of the unseen centre(s). Membership is decided per patient, never per slice, because neighbouring axial slices of
 one patient are near-duplicates: a held-out slice of a training patient would be a member in all
 but name.
 """
@@ -89,7 +89,8 @@ def check_disjoint(data: FederatedData) -> None:
                 raise DataError(f"patient {pid} is a training patient of both centre {seen[pid]} and "
                                 f"centre {centre}; membership would be ambiguous", patient=pid)
             seen[pid] = centre
-    held_out = {p for groups in (data.split.val, data.split.test) for pids in groups.values() for p in pids}
+    held_out = {p for groups in (data.split.val, data.split.test, data.split.holdout)
+                for pids in groups.values() for p in pids}
     both = sorted(held_out & set(seen))
     if both:
         raise DataError(f"patient(s) {', '.join(both)} are both training and held-out patients: the patient "
@@ -122,7 +123,7 @@ def build_candidates(data: FederatedData, max_slices_per_patient: int, seed: int
             raise DataError(f"training patient(s) {', '.join(missing)} of centre {centre} have no slices")
         parts.append(_pick(data.train[centre].of_patients(pids), max_slices_per_patient, rng))
         member_of.update({p: centre for p in pids})
-    for groups, sets in ((data.split.val, data.val), (data.split.test, data.test)):
+    for groups, sets in ((data.split.holdout, data.holdout), (data.split.val, data.val), (data.split.test, data.test)):
         for centre in sorted(groups):
             if centre in sets and groups[centre]:
                 part = _pick(sets[centre].of_patients(groups[centre]), max_slices_per_patient, rng)

@@ -54,6 +54,6 @@ def load_centre(cfg: DataConfig, seed: int, centre: str, root: Path,
         found = sorted({r.centre for r in records})
         raise DataError(f"no patients of centre {centre} under {root} (centres found: {found}); check the "
                         f"node's data-path and centre-id")
-    train, val, test = centre_split(centre, list(mine), cfg.train_centres.index(centre), cfg.val_fraction,
-                                    cfg.test_fraction, seed)
+    train, val, test, _ = centre_split(centre, list(mine), cfg.train_centres.index(centre), cfg.val_fraction,
+                                       cfg.test_fraction, seed, cfg.holdout_patients, cfg.train_patients)
     return CentreData(centre, Path(root), {"train": train, "val": val, "test": test}, mine, cfg)
