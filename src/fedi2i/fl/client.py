@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import secrets
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -158,8 +159,14 @@ class LocalTrainer:
                 return out
 
     def fit(self, global_vector: torch.Tensor, round_index: int, epochs: int | None = None,
-            lr: float | None = None) -> ClientUpdate:
-        """Local epochs of the configured optimiser from the global model; returns the delta and the mean loss."""
+            lr: float | None = None, batches: list[torch.Tensor] | None = None,
+            dp_noise: torch.Generator | None = None) -> ClientUpdate:
+        """Local epochs of the configured optimiser from the global model; returns the delta and the mean loss.
+
+        ``batches`` (index batches into this client's slices) replaces the shuffled epochs, and ``dp_noise``
+        the DP noise source, for a caller that simulates one fixed round, as the inversion attack's DP-SGD
+        victim does: it then trains through this same loop.
+        """
         epochs = epochs or self.train_cfg.local_epochs
         lr = lr if lr is not None else round_lr(self.train_cfg, round_index)
         generator = torch.Generator().manual_seed(hash_seed(self.seed, round_index, *map(ord, self.cid)))
@@ -172,12 +179,26 @@ class LocalTrainer:
             from opacus.optimizers import DPOptimizer
 
             assert self.dp is not None
-            optimiser = DPOptimizer(optimiser, noise_multiplier=self.dp.noise_multiplier,
-                                    max_grad_norm=self.dp.clip, expected_batch_size=self.train_cfg.batch_size,
-                                    generator=dp_noise_generator(self.reproducible, self.seed, round_index, self.cid))
+            noise = dp_noise or dp_noise_generator(self.reproducible, self.seed, round_index, self.cid)
+            optimiser = DPOptimizer(optimiser, noise_multiplier=self.dp.noise_multiplier, max_grad_norm=self.dp.clip,
+                                    expected_batch_size=self.train_cfg.batch_size, generator=noise)
+        with warnings.catch_warnings():  # Opacus' hooks warn that the input needs no gradient: expected here
+            warnings.filterwarnings("ignore", "Full backward hook is firing", UserWarning)
+            losses = self._steps(optimiser, lr, round_index, batches or self.batches(epochs, generator), global_params)
+        delta = self.spec.flatten(self.model.state_dict()) - global_vector
+        if self.dp is not None and self.dp.enabled and self.dp.mode == "update":
+            delta = clip_and_noise(delta, self.dp.clip, self.dp.noise_multiplier,
+                                   dp_noise_generator(self.reproducible, self.seed, round_index, self.cid))
+        if self.update_transform is not None:
+            delta = self.update_transform(delta, generator)
+        return ClientUpdate(self.cid, delta, self.num_examples, len(losses),
+                            float(sum(losses) / max(len(losses), 1)), losses)
+
+    def _steps(self, optimiser: torch.optim.Optimizer, lr: float, round_index: int, batches: list[torch.Tensor],
+               global_params: list[torch.Tensor] | None) -> list[float]:
+        """One optimiser step per index batch; returns each step's loss (without the FedProx term)."""
         losses: list[float] = []
         cfg = self.train_cfg
-        batches = self.batches(epochs, generator)
         augment_gen = torch.Generator().manual_seed(hash_seed(self.seed, round_index, 2, *map(ord, self.cid)))
         for step, idx in enumerate(batches):
             if cfg.lr_schedule == "onecycle":
@@ -199,14 +220,7 @@ class LocalTrainer:
             total.backward()
             optimiser.step()
             losses.append(float(loss.detach()))
-        delta = self.spec.flatten(self.model.state_dict()) - global_vector
-        if self.dp is not None and self.dp.enabled and self.dp.mode == "update":
-            delta = clip_and_noise(delta, self.dp.clip, self.dp.noise_multiplier,
-                                   dp_noise_generator(self.reproducible, self.seed, round_index, self.cid))
-        if self.update_transform is not None:
-            delta = self.update_transform(delta, generator)
-        return ClientUpdate(self.cid, delta, self.num_examples, len(losses),
-                            float(sum(losses) / max(len(losses), 1)), losses)
+        return losses
 
 
 def make_optimiser(train: TrainConfig, params, lr: float) -> torch.optim.Optimizer:

@@ -6,15 +6,14 @@ aggregator records the round exactly as a curious server would see it (individua
 aggregate under secure aggregation; DP clipping and noise applied by the clients). The slice indices
 are written to ``victim.json`` for the evaluation step only; the attack reads the record.
 
-DP-SGD is not part of the engine (Opacus does not support BatchNorm): its victim is simulated here with
-Opacus' per-sample clipping and noise on the GroupNorm variant of the U-Net, and the observation is built
-from that update directly. (epsilon, delta) come from Opacus' RDP accountant.
+A DP-SGD victim is one client of the federated engine trained alone: the client's own DP-SGD loop (Opacus'
+per-sample clipping and noise) on the GroupNorm variant of the U-Net (Opacus does not support BatchNorm),
+and the observation is built from that update directly. (epsilon, delta) come from Opacus' RDP accountant.
 """
 
 from __future__ import annotations
 
 import json
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,12 +21,12 @@ from typing import Any
 import torch
 
 from fedi2i.attacks.inversion.observation import Group, Observation
-from fedi2i.config import Config, config_from_dict, dump_config
+from fedi2i.config import Config, DPConfig, config_from_dict, dump_config
 from fedi2i.data.federation import FederatedData
 from fedi2i.seeding import hash_seed
 from fedi2i.data.slices import SliceSet
 from fedi2i.errors import ConfigError, RecordError
-from fedi2i.fl.client import loss_fn, make_optimiser
+from fedi2i.fl.client import LocalTrainer
 from fedi2i.fl.round_loop import load_checkpoint
 from fedi2i.privacy import rdp_epsilon as dp_epsilon  # the one accountant (run.py and the tests use this name)
 from fedi2i.runfolder import CHECKPOINT
@@ -163,39 +162,26 @@ def dpsgd_observation(config: Config, data: FederatedData, setting: VictimSettin
     """The update of ``client`` after S DP-SGD steps (Opacus) on its B slices, as the server sees it.
 
     Uses the GroupNorm U-Net (``config.model`` must be ``norm: group``; the caller swaps it), per-sample
-    clipping at ``setting.clip`` and Gaussian noise of ``noise_multiplier * clip``.
+    clipping at ``setting.clip`` and Gaussian noise of ``noise_multiplier * clip``. The steps are the
+    federated client's own DP-SGD loop (:class:`~fedi2i.fl.client.LocalTrainer`), on the whole batch each
+    step, with the plain loss the attacks replay.
     """
-    from opacus import GradSampleModule
-    from opacus.optimizers import DPOptimizer
-
-    if config.model.norm == "batch":
-        raise ConfigError("DP-SGD needs a model without BatchNorm (Opacus cannot clip per sample through "
-                          "it): set model.norm to group or instance")
     if client not in data.train:
         raise RecordError(f"client {client!r} is not a training centre; centres: {', '.join(sorted(data.train))}")
     vector, round_index = start
     picks = pick_batches(data, setting.batch_size, setting.seed)[client]
     batch = data.train[client].select(picks)
-    model = build_unet(config.model)
-    spec = ParamSpec.from_module(model)
-    spec.load_into(model, vector)
-    model.train()
-    module = GradSampleModule(model)
-    gen = torch.Generator().manual_seed(hash_seed(setting.seed, 4099, round_index, *map(ord, client)))
-    train_cfg = config.train.model_copy(update={"optimizer": setting.optimizer, "lr": setting.lr})
-    optimiser = DPOptimizer(make_optimiser(train_cfg, module.parameters(), setting.lr),
-                            noise_multiplier=setting.noise_multiplier or 0.0, max_grad_norm=setting.clip,
-                            expected_batch_size=len(batch), generator=gen)
-    criterion = loss_fn(config.train.loss)
-    with warnings.catch_warnings():  # Opacus' hooks warn that the input needs no gradient: expected here
-        warnings.simplefilter("ignore", UserWarning)
-        for _ in range(setting.local_steps):
-            optimiser.zero_grad(set_to_none=True)
-            criterion(module(batch.mr), batch.ct).backward()
-            optimiser.step()
-    delta = spec.flatten(model.state_dict()) - vector
+    train_cfg = config.train.model_copy(update={
+        "optimizer": setting.optimizer, "lr": setting.lr, "lr_schedule": "constant", "batch_size": len(batch),
+        "local_steps": setting.local_steps, "bone_weight": 1.0, "background_weight": 1.0, "edge_weight": 0.0,
+        "augment": [], "channels_last": False})
+    dp = DPConfig(enabled=True, mode="dpsgd", clip=setting.clip, noise_multiplier=setting.noise_multiplier or 0.0)
+    trainer = LocalTrainer(client, batch, config.model, train_cfg, setting.seed, dp=dp)
+    noise = torch.Generator().manual_seed(hash_seed(setting.seed, 4099, round_index, *map(ord, client)))
+    update = trainer.fit(vector, round_index, lr=setting.lr, batches=[torch.arange(len(batch))] * setting.local_steps,
+                         dp_noise=noise)
     obs = Observation(
-        round=round_index, target=client, update=delta.detach(), global_vector=vector, spec=spec,
+        round=round_index, target=client, update=update.delta.detach(), global_vector=vector, spec=trainer.spec,
         model=config.model, image_size=config.data.image_size, loss=config.train.loss,
         optimizer=setting.optimizer, lr=setting.lr, weight_decay=config.train.weight_decay,
         groups=(Group(client, 1.0, setting.local_steps, len(batch)),), secure=False,
