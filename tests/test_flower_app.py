@@ -238,6 +238,7 @@ def test_validation_travels_with_training_and_flower_runs_get_test_figures(tiny_
     assert metrics["seen"] == {c: engine.metrics["seen"][c] for c in CENTRES}
     head = {"rounds_done", "finished", "mode", "strategy", "secagg", "dp", "num_parameters", "runtime"}
     assert head <= set(metrics) and head <= set(engine.metrics) and metrics["runtime"] != engine.metrics["runtime"]
+    assert metrics["train_slices"] == engine.metrics["train_slices"] == {c: len(tiny_data.train[c]) for c in CENTRES}
 
 
 # ------------------------------------------------------------------ deployment files

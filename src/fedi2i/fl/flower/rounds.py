@@ -86,6 +86,7 @@ class FlowerPool:
         self.poll = poll
         self.nodes: dict[str, int] = {}
         self.numel = 0  # set by the server once it knows the model (SecAgg vector length)
+        self.train_slices: dict[str, int] = {}  # each centre's training slices, as its node reports them
 
     # ------------------------------------------------------------------ set-up
     def discover(self) -> dict[str, int]:
@@ -188,6 +189,7 @@ class FlowerPool:
                      else torch.empty(0))
             updates.append(ClientUpdate(cid, delta, int(fit["num_examples"]), int(fit["steps"]),
                                         float(fit["mean_loss"])))
+            self.train_slices[cid] = updates[-1].num_examples
         return updates
 
     def _secagg(self, server: SecAggServer, advertised: list[Any], r: int, timings: dict[str, Any],
@@ -236,7 +238,8 @@ class ServerRounds:
         model = build_unet(self.config.model)
         self.spec.load_into(model, run.global_vector)
         save_torch(self.run_dir / "model.pt", model.state_dict())
-        metrics = run_metrics(self.config, run, self.pool.runtime, "federated", self.spec.numel, {}, seconds)
+        slices = dict(sorted(self.pool.train_slices.items()))  # centres that trained during this call
+        metrics = run_metrics(self.config, run, self.pool.runtime, "federated", self.spec.numel, slices, seconds)
         metrics["nodes"] = self.pool.nodes
         test = self.pool.evaluate(run.global_vector, "test")
         data = self.config.data
