@@ -45,6 +45,17 @@ def test_ssim_matches_skimage_on_interior_mask() -> None:
     assert ssim(ct, sct, mask) < 0.95
 
 
+@pytest.mark.parametrize("sct_hu, expected_hu", [(1000.0, 1000.0), (5000.0, 3000.0)])
+def test_ssim_hand_computed_on_constant_volumes(sct_hu: float, expected_hu: float) -> None:
+    """Constant volumes have no variance, so SSIM is its luminance term alone:
+    (2 x y + C1) / (x^2 + y^2 + C1) with x, y shifted by +1024 HU, the sCT clipped to 3000 HU first,
+    and C1 = (0.01 * 4024)^2."""
+    ct = np.zeros((10, 10, 10), np.float32)
+    x, y, c1 = 1024.0, expected_hu + 1024.0, (0.01 * 4024) ** 2
+    assert ssim(ct, np.full(ct.shape, sct_hu, np.float32), np.ones(ct.shape, bool)) == pytest.approx(
+        (2 * x * y + c1) / (x**2 + y**2 + c1), rel=1e-6)
+
+
 def test_ssim_ignores_outside_mask() -> None:
     rng = np.random.default_rng(2)
     ct = rng.uniform(-500, 500, (12, 16, 16))
@@ -74,8 +85,15 @@ def test_roc_summary_counts_and_tpr() -> None:
     labels = np.array([1] * 50 + [0] * 200)
     scores = np.concatenate([np.linspace(1, 2, 50), np.linspace(0, 1.5, 200)])
     summary = roc_summary(labels, scores)
-    assert 0.5 < summary.auc < 1.0 and summary.n_negative == 200
-    assert 0 <= summary.tpr_at_fpr["0.01"] <= 1
+    # AUC by its definition, the share of (member, non-member) pairs ranked right: the 133 non-members
+    # below 1.0 are beaten by all 50 members, each of the 67 above by the members above it
+    pairs = (scores[:50, None] > scores[None, 50:]).mean()
+    assert summary.auc == pytest.approx(pairs) and pairs == pytest.approx(0.9141) and summary.n_negative == 200
+    # FPR <= 1% lets 2 of 200 non-members through (scores 1.5 and 1.4925); the members at or above the
+    # threshold 1 + 24/49 = 1.4898 that admits exactly those two are j = 24..49: 26 of 50
+    assert summary.tpr_at_fpr["0.01"] == pytest.approx(0.52)
+    # FPR <= 0.1% admits no non-member: only the members above 1.5 (j = 25..49)
+    assert summary.tpr_at_fpr["0.001"] == pytest.approx(0.5)
     perfect = roc_summary(labels, np.concatenate([np.ones(50) * 5, np.zeros(200)]))
     assert perfect.auc == 1.0 and perfect.tpr_at_fpr["0.001"] == 1.0
     with pytest.raises(ValueError):
