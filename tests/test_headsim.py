@@ -1,18 +1,24 @@
 """Realistic paired heads: plausible HU and T1 contrast, SynthRAD layout, seeding, heterogeneity.
 
-The head sources are fetched into the user's cache on first use; where apt cannot fetch them the
-data tests are skipped (the procedural phantom covers those environments).
+The tests use a cache folder of their own. The head sources (and the template built from them) already in
+the user's cache are linked into it and only read; anything written, a fetch or a rebuilt template, lands
+in the tests' folder. Where apt cannot fetch the sources the data tests are skipped (the procedural
+phantom covers those environments).
 """
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from fedi2i.data import headsim_sources
+from fedi2i.data.cache import cache_dir
 from fedi2i.data.headsim import (
+    TEMPLATE_VERSION,
     HeadSourcesUnavailable,
     HeadTemplate,
     Scanner,
@@ -26,6 +32,26 @@ from fedi2i.errors import ConfigError, DataError
 
 SPACING = (3.0, 3.75, 3.75)
 IN_PLANE = 64
+
+
+@pytest.fixture(scope="module", autouse=True)
+def test_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """``FEDI2I_CACHE`` pointed at a folder of the tests' own, with the user's fetched items linked in.
+
+    A link is only read: a rebuilt template replaces the link (an atomic rename), never the user's file.
+    """
+    user = cache_dir()
+    cache = tmp_path_factory.mktemp("cache")
+    for name in ("sources", f"headsim_template_v{TEMPLATE_VERSION}.npz"):
+        if (user / name).exists():
+            (cache / name).symlink_to(user / name)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FEDI2I_CACHE", str(cache))
+        yield cache
+
+
+def test_the_tests_write_to_their_own_cache(test_cache: Path) -> None:
+    assert cache_dir() == test_cache and str(test_cache).startswith(tempfile.gettempdir())
 
 
 @pytest.fixture(scope="module")

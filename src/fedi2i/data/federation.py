@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from fedi2i.config import DataConfig
+from fedi2i.data.cache import cache_dir
 from fedi2i.data.phantom import build_phantom_dataset
 from fedi2i.data.geometry import DEFAULT_FOV_MM, GridSettings
 from fedi2i.data.slices import PatientSplit, SliceSet, split_patients, volume_to_slices
@@ -18,11 +18,6 @@ from fedi2i.errors import DataError
 log = logging.getLogger(__name__)
 
 COMPLETE = ".complete"  # written last by a build; holds the source it built
-
-
-def cache_dir() -> Path:
-    """Where fetched sources and built datasets live (``FEDI2I_CACHE`` overrides ``~/.cache/fedi2i``)."""
-    return Path(os.environ.get("FEDI2I_CACHE", Path.home() / ".cache" / "fedi2i"))
 
 
 def default_dataset_dir(cfg: DataConfig, seed: int, source: str | None = None) -> Path:

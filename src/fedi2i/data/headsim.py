@@ -28,10 +28,9 @@ from scipy.spatial.transform import Rotation
 from skimage.filters import threshold_multiotsu
 from skimage.morphology import convex_hull_image
 
+from fedi2i.data.cache import cache_dir as default_cache_dir, cache_lock
 from fedi2i.data.headsim_sources import (
     HeadSourcesUnavailable,
-    cache_lock,
-    default_cache_dir,
     fetch_head_sources,
     read_cranium_ct,
     read_colin,

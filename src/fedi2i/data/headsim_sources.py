@@ -8,20 +8,18 @@ caller can fall back to the procedural phantom.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 import plistlib
 import shutil
 import subprocess
 import tarfile
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
+from fedi2i.data.cache import cache_dir as default_cache_dir, cache_lock
 from fedi2i.errors import DataError
 
 PACKAGES = ("invesalius-examples", "mricron-data")
@@ -33,24 +31,6 @@ REQUIRED = (CRANIUM, COLIN_T1, COLIN_BRAIN)
 
 class HeadSourcesUnavailable(DataError):
     """The real head data could not be fetched or read; use the procedural phantom instead."""
-
-
-def default_cache_dir() -> Path:
-    """Cache folder for the fetched sources and the built template (``FEDI2I_CACHE`` overrides)."""
-    env = os.environ.get("FEDI2I_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "fedi2i"
-
-
-@contextlib.contextmanager
-def cache_lock(cache_dir: Path, name: str) -> Iterator[None]:
-    """Exclusive lock so that concurrent processes fetch or build a cached item only once."""
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with open(cache_dir / f".{name}.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _have_sources(sources: Path) -> bool:
