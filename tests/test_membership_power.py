@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from fedi2i.attacks.membership import build_candidates
+from fedi2i.attacks.membership import MembershipSettings, build_candidates
 from fedi2i.config import load_config
 from fedi2i.data.federation import load_federation
 from fedi2i.data.slices import centre_split, split_patients
@@ -83,3 +84,117 @@ def test_flower_node_leaves_the_holdout_out_as_the_engine_does(holdout_data, pha
     for centre in cfg.data.train_centres:
         node = load_centre(cfg.data, cfg.seed, centre, phantom_root)
         assert node.ids["train"] == data.split.train[centre] and node.ids["val"] == data.split.val[centre]
+
+
+# --- exposure against the round (synthetic signals: the AUC of each round is known) -------------------------
+def _synthetic_candidates(centres: str = "ABC", per_group: int = 3, slices: int = 2):
+    """``per_group`` member and ``per_group`` held-out patients per centre, ``slices`` slices each."""
+    import torch
+
+    from fedi2i.attacks.membership.candidates import Candidates
+    from fedi2i.data.slices import SliceSet
+
+    patients, member_of = [], {}
+    for c in centres:
+        for i in range(2 * per_group):
+            pid = f"{c}{i}"
+            member_of[pid] = c if i < per_group else None
+            patients += [pid] * slices
+    n = len(patients)
+    zeros = torch.zeros(n, 1, 2, 2)
+    s = SliceSet(zeros, zeros, zeros, patients, torch.arange(n), [p[0] for p in patients])
+    return Candidates(s, member_of, {p: p[0] for p in member_of})
+
+
+def _synthetic_signals(cands, rounds: list[int], fitted: dict[int, str], secure: bool = False):
+    """Loss 1 everywhere, except: after round r the global model (and each centre's own model) fits the members
+    of the centres in ``fitted[r]`` (loss 0.5)."""
+    from fedi2i.attacks.membership import Signals
+
+    centres = sorted({c for c in cands.member_of.values() if c})
+    member = np.array([cands.member_of[p] for p in cands.slices.patient], dtype=object)
+    target = np.ones((len(rounds), len(centres), len(member)))
+    agg = np.ones((len(rounds), len(member)))
+    for ri, r in enumerate(rounds):
+        for k, c in enumerate(centres):
+            if c in fitted[r]:
+                target[ri, k, member == c] = 0.5
+                agg[ri, member == c] = 0.5
+    return Signals(rounds=rounds, clients=centres, secure=secure, loss_target=target, loss_aggregate=agg)
+
+
+def test_exposure_curve_has_one_point_per_recorded_round_in_order() -> None:
+    from fedi2i.attacks.membership.exposure import round_exposure
+
+    cands = _synthetic_candidates()
+    sig = _synthetic_signals(cands, [0, 3, 7], {0: "", 3: "A", 7: "ABC"})
+    curve = round_exposure(sig, cands, ["A", "B", "C"], MembershipSettings(bootstrap=50))
+    assert curve["rounds"] == [0, 3, 7]
+    for method in ("fedmia-loss", "loss-global"):
+        points = curve["methods"][method]
+        assert [p["round"] for p in points] == [0, 3, 7]
+        # nobody fitted, then centre A only (mean of 1, 0.5, 0.5), then every centre
+        assert [p["auc"] for p in points] == pytest.approx([0.5, 2 / 3, 1.0])
+        assert points[1]["centres"]["A"]["auc"] == 1.0 and points[1]["centres"]["B"]["auc"] == 0.5
+        assert points[2]["ci95"] == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("rounds", [[0, 7, 3], [0, 3, 3]])
+def test_exposure_curve_refuses_misordered_or_repeated_rounds(rounds: list[int]) -> None:
+    from fedi2i.attacks.membership.exposure import round_exposure
+    from fedi2i.errors import RecordError
+
+    cands = _synthetic_candidates()
+    sig = _synthetic_signals(cands, rounds, {r: "A" for r in rounds})
+    with pytest.raises(RecordError, match="strictly increasing"):
+        round_exposure(sig, cands, ["A", "B", "C"], MembershipSettings(bootstrap=0))
+
+
+def test_exposure_curve_under_secagg_has_only_the_global_model_attack() -> None:
+    from fedi2i.attacks.membership.exposure import round_exposure
+
+    cands = _synthetic_candidates()
+    sig = _synthetic_signals(cands, [0, 1], {0: "", 1: "AB"}, secure=True)
+    curve = round_exposure(sig, cands, ["A", "B", "C"], MembershipSettings(bootstrap=0))
+    assert list(curve["methods"]) == ["loss-global"]
+    assert [p["auc"] for p in curve["methods"]["loss-global"]] == pytest.approx([0.5, 5 / 6])
+
+
+def test_mean_over_centres_interval_is_narrower_than_one_centre_interval() -> None:
+    from fedi2i.attacks.membership.evaluation import mean_auc
+
+    rng = np.random.default_rng(0)
+    blocks = {}
+    for c in "ABCD":  # 8 members, 12 non-members, 6 slices each, a modest signal
+        label = np.repeat([1] * 8 + [0] * 12, 6)
+        patient = np.repeat([f"{c}{i}" for i in range(20)], 6)
+        blocks[c] = (label, rng.normal(size=label.size) + 0.5 * label, patient)
+    out = mean_auc(blocks, 200, seed=0)
+    width = out["ci95"][1] - out["ci95"][0]
+    single = np.mean([v["ci95"][1] - v["ci95"][0] for v in out["centres"].values()])
+    assert out["ci95"][0] < out["auc"] < out["ci95"][1]
+    assert 0.35 * single < width < 0.75 * single  # about 1/sqrt(4) of one centre's width
+
+
+def test_membership_attack_draws_the_curve_over_the_recorded_rounds(tiny_config, tiny_data, tmp_path: Path) -> None:
+    from fedi2i.attacks.membership import run_membership
+    from fedi2i.fl.observer import ServerRecord
+    from fedi2i.training import train
+
+    cfg = tiny_config.model_copy(update={"train": tiny_config.train.model_copy(update={"rounds": 3}),
+                                         "federation": tiny_config.federation.model_copy(
+                                             update={"record_rounds": [0, 2], "eval_every": 0})})
+    run = train(cfg, tmp_path / "run", tiny_data).run_dir
+    assert ServerRecord(run).rounds() == [0, 2]
+    settings = MembershipSettings(methods=["fedmia-loss", "loss"], rounds=[2], exposure_rounds="all",
+                                  bootstrap=20, max_slices_per_patient=2)
+    result = run_membership(run, tiny_data, settings, tmp_path / "attack")
+    curve = result["exposure_round"]
+    assert curve["rounds"] == [0, 2]
+    assert [p["round"] for p in curve["methods"]["loss-global"]] == [0, 2]
+    # the attack's own round is reused: FedMIA at round 2 on the curve is the attack's FedMIA
+    assert curve["methods"]["fedmia-loss"][1]["auc"] == pytest.approx(result["methods"]["fedmia-loss"]["same_centre_mean"]["auc"])
+    assert (tmp_path / "attack" / "exposure_round.png").is_file()
+    from fedi2i.errors import RecordError
+    with pytest.raises(RecordError, match=r"round\(s\) \[1\] were not recorded"):
+        run_membership(run, tiny_data, settings.model_copy(update={"exposure_rounds": [1, 2]}))

@@ -36,7 +36,8 @@ class Signals:
 
     ``loss_target`` [R, K, N]: per-slice loss on the target centre's model after the round (under SecAgg
     the aggregate model). ``loss_global`` [R, N]: on the global model the round started from.
-    ``loss_final`` [N]: on the final global model. ``cos_target`` [R, K, N]: cosine of the descent
+    ``loss_final`` [N]: on the final global model. ``loss_aggregate`` [R, N]: on the global model each round
+    produces (``global + aggregate``; under SecAgg the same as ``loss_target``). ``cos_target`` [R, K, N]: cosine of the descent
     direction at the global model with the target's update (SecAgg: the aggregate). ``gradnorm_target``
     [K, N]: per-sample gradient norm on the target's model at its last recorded round.
     """
@@ -47,11 +48,12 @@ class Signals:
     loss_target: np.ndarray | None = None
     loss_global: np.ndarray | None = None
     loss_final: np.ndarray | None = None
+    loss_aggregate: np.ndarray | None = None
     cos_target: np.ndarray | None = None
     gradnorm_target: np.ndarray | None = None
     seconds: dict[str, float] = field(default_factory=dict)
 
-    ARRAYS = ("loss_target", "loss_global", "loss_final", "cos_target", "gradnorm_target")
+    ARRAYS = ("loss_target", "loss_global", "loss_final", "loss_aggregate", "cos_target", "gradnorm_target")
 
     def save(self, path: Path) -> None:
         """Write the arrays (npz) so other settings can be scored without recomputing the signals."""
@@ -98,7 +100,7 @@ def collect_signals(record: ServerRecord, rounds: list[int], clients: list[str],
                     progress: Progress | None = None) -> Signals:
     """Compute the signal families asked for.
 
-    Families: "loss_target" (and "loss_global") per round, "loss_final", "grad" (cosines per round),
+    Families: "loss_target" (and "loss_global", "loss_aggregate") per round, "loss_final", "grad" (cosines per round),
     "gradnorm" (last round). Every array is indexed by the candidates' fixed order.
     """
     probe = probe_for(record)
@@ -112,9 +114,9 @@ def collect_signals(record: ServerRecord, rounds: list[int], clients: list[str],
         compute()
         sig.seconds[name] = time.perf_counter() - start
 
-    if families & {"loss_target", "loss_global"}:
-        timed("loss", lambda: _loss_signals(sig, probe, views, mr, ct, "loss_global" in families, batch_size,
-                                            tick))
+    if families & {"loss_target", "loss_global", "loss_aggregate"}:
+        timed("loss", lambda: _loss_signals(sig, probe, views, mr, ct, "loss_global" in families,
+                                            "loss_aggregate" in families, batch_size, tick))
     if "loss_final" in families:
         last = views[-1]
         probe.load(last.global_vector + last.aggregate)
@@ -127,12 +129,14 @@ def collect_signals(record: ServerRecord, rounds: list[int], clients: list[str],
 
 
 def _loss_signals(sig: Signals, probe: ModelProbe, views: list[RoundView], mr: torch.Tensor, ct: torch.Tensor,
-                  with_global: bool, batch_size: int, tick: Progress) -> None:
+                  with_global: bool, with_aggregate: bool, batch_size: int, tick: Progress) -> None:
     n = len(mr)
     col = {c: i for i, c in enumerate(sig.clients)}
     sig.loss_target = np.full((len(views), len(sig.clients), n), np.nan)
     if with_global:
         sig.loss_global = np.full((len(views), n), np.nan)
+    if with_aggregate:
+        sig.loss_aggregate = np.full((len(views), n), np.nan)
     for ri, view in enumerate(views):
         if sig.loss_global is not None:
             probe.load(view.global_vector)
@@ -143,10 +147,15 @@ def _loss_signals(sig: Signals, probe: ModelProbe, views: list[RoundView], mr: t
             row = probe.losses(mr, ct, batch_size)
             for c in directions:
                 sig.loss_target[ri, col[c]] = row
+            if sig.loss_aggregate is not None:
+                sig.loss_aggregate[ri] = row
         else:
             for c, delta in directions.items():
                 probe.load(view.global_vector + delta)
                 sig.loss_target[ri, col[c]] = probe.losses(mr, ct, batch_size)
+        if sig.loss_aggregate is not None and not (view.secure and directions):
+            probe.load(view.global_vector + view.aggregate)
+            sig.loss_aggregate[ri] = probe.losses(mr, ct, batch_size)
         tick("loss", ri + 1, len(views))
 
 

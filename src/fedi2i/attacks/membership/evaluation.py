@@ -44,20 +44,53 @@ def weighted_auc(scores: np.ndarray, label: np.ndarray, weights: np.ndarray) -> 
     return (pos * (below + 0.5 * neg)).sum(1) / np.where(total > 0, total, np.nan)
 
 
-def bootstrap_auc(label: np.ndarray, scores: np.ndarray, cluster: np.ndarray, n: int, seed: int
-                  ) -> list[float] | None:
-    """95% interval of the AUC, resampling whole patients (members and non-members separately)."""
-    if n <= 0:
-        return None
-    rng = np.random.default_rng([seed, 15485863])
+def bootstrap_aucs(label: np.ndarray, scores: np.ndarray, cluster: np.ndarray, n: int,
+                   rng: np.random.Generator) -> np.ndarray:
+    """AUC of ``n`` resamples [n] that draw whole patients (members and non-members separately)."""
     ids, which = np.unique(cluster, return_inverse=True)
     counts = np.zeros((n, len(ids)))
     for cls in (0, 1):
         members = np.unique(which[label == cls])
         counts[:, members] = rng.multinomial(len(members), np.full(len(members), 1 / len(members)), size=n)
-    aucs = weighted_auc(scores, label, counts[:, which])
+    return weighted_auc(scores, label, counts[:, which])
+
+
+def bootstrap_auc(label: np.ndarray, scores: np.ndarray, cluster: np.ndarray, n: int, seed: int
+                  ) -> list[float] | None:
+    """95% interval of the AUC, resampling whole patients (members and non-members separately)."""
+    if n <= 0:
+        return None
+    aucs = bootstrap_aucs(label, scores, cluster, n, np.random.default_rng([seed, 15485863]))
     lo, hi = np.percentile(aucs, [2.5, 97.5])
     return [float(lo), float(hi)]
+
+
+def same_centre(labels: TargetLabels, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(label, score, patient) of a target's members and its own held-out patients only: membership itself.
+    ``scores`` [N] are indexed by the whole candidate list."""
+    keep = (labels.label == 1) | (labels.group == SAME_CENTRE)
+    return labels.label[keep], scores[labels.index][keep], labels.patient[keep]
+
+
+def mean_auc(blocks: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], n_boot: int, seed: int
+             ) -> dict[str, Any]:
+    """Mean over centres of the AUC of each centre's (label, score, patient) block, with a 95% interval.
+
+    Each centre's patients are resampled on their own (a stratified, patient-clustered bootstrap), so the
+    interval of the mean narrows with the number of centres. Returns ``auc``, ``ci95`` (None with
+    ``n_boot`` 0) and ``centres``: each centre's AUC and its own interval.
+    """
+    usable = {c: b for c, b in blocks.items() if b[0].any() and not b[0].all()}
+    if not usable:
+        return {"auc": None, "ci95": None, "centres": {}}
+    centres = {c: {"auc": float(roc_auc_score(lab, sc)), "ci95": bootstrap_auc(lab, sc, pat, n_boot, seed)}
+               for c, (lab, sc, pat) in usable.items()}
+    ci = None
+    if n_boot > 0:
+        draws = np.mean([bootstrap_aucs(lab, sc, pat, n_boot, np.random.default_rng([seed, 15485863, i]))
+                         for i, (lab, sc, pat) in enumerate(usable.values())], axis=0)
+        ci = [float(v) for v in np.percentile(draws, [2.5, 97.5])]
+    return {"auc": float(np.mean([v["auc"] for v in centres.values()])), "ci95": ci, "centres": centres}
 
 
 def _block(label: np.ndarray, scores: np.ndarray, cluster: np.ndarray, group: np.ndarray,

@@ -46,3 +46,30 @@ def roc_figure(method: str, curves: dict[str, dict[str, np.ndarray]], aucs: dict
         ax.grid(alpha=0.3)
     fig.suptitle(f"membership inference: {method}" + (f"  ({subtitle})" if subtitle else ""))
     return save(fig, path)
+
+
+LABELS = {"fedmia-loss": "FedMIA-I (each centre's update)", "loss-global": "loss attack on the global model"}
+
+
+def exposure_figure(curves: dict[str, list[dict]], x_key: str, x_label: str, path: Path, title: str = "") -> Path:
+    """Same-centre AUC (mean over centres) against ``x_key`` (the round, or patients per centre), one line per
+    attack, each point with its 95% interval as an error bar; a curve of numbers only, never of images."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, (name, points) in enumerate(curves.items()):
+        points = [p for p in points if p.get("auc") is not None]
+        if not points:
+            continue
+        x = np.array([p[x_key] for p in points], dtype=float)
+        y = np.array([p["auc"] for p in points])
+        ci = np.array([p["ci95"] if p.get("ci95") else [p["auc"], p["auc"]] for p in points])
+        dodge = 0.01 * i * (float(np.ptp(x)) or 1.0)  # so the error bars of two attacks do not hide each other
+        ax.errorbar(x + dodge, y,
+                    yerr=[y - ci[:, 0], ci[:, 1] - y], marker="o", capsize=3, label=LABELS.get(name, name))
+    ax.axhline(0.5, color="grey", lw=0.8, ls=":", label="chance")
+    ax.set_ylim(0, 1)
+    ax.set_xlabel(x_label)
+    ax.set_ylabel("AUC vs same-centre non-members")
+    ax.set_title(title or "membership exposure (mean over centres, 95% CI over patients)", fontsize=9)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3)
+    return save(fig, path)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,10 @@ from fedi2i.attacks.membership.baselines import (Scorer, score_grad_cosine, scor
                                                  score_loss, score_loss_global, score_loss_series)
 from fedi2i.attacks.membership.candidates import OTHER_CENTRE, SAME_CENTRE, Candidates, build_candidates
 from fedi2i.attacks.membership.collect import Progress, Signals, collect_signals
-from fedi2i.attacks.membership.evaluation import evaluate_target
+from fedi2i.attacks.membership.evaluation import evaluate_target, mean_auc, same_centre
 from fedi2i.attacks.membership.fedmia import UNAVAILABLE_UNDER_SECAGG, score_fedmia_grad, score_fedmia_loss
-from fedi2i.attacks.membership.figures import roc_figure
+from fedi2i.attacks.membership.exposure import CURVE_FAMILIES, curve_signals, round_exposure
+from fedi2i.attacks.membership.figures import exposure_figure, roc_figure
 from fedi2i.attacks.membership.settings import METHODS, MembershipSettings, SignalUnavailable
 from fedi2i.config import load_config
 from fedi2i.data.federation import FederatedData, load_federation
@@ -142,6 +144,7 @@ def score_methods(sig: Signals, cands: Candidates, clients: list[str], settings:
         centres: dict[str, Any] = {}
         curves[method] = {}
         unavailable: dict[str, str] = {}
+        blocks = {}
         for k, c in enumerate(clients):
             labels = cands.labels_for(c, shuffle_seed=settings.seed if settings.shuffle_labels else None)
             try:
@@ -150,8 +153,12 @@ def score_methods(sig: Signals, cands: Candidates, clients: list[str], settings:
                 unavailable[c] = str(exc)
                 continue
             centres[c], curves[method][c] = evaluate_target(scores, labels, settings.bootstrap, settings.seed)
+            blocks[c] = same_centre(labels, scores)
         entry: dict[str, Any] = {"available": bool(centres), "summary": METHODS[method].summary,
                                  "target_model": sig.target_source, "centres": centres}
+        if centres:  # slice level, mean over centres, each centre's patients resampled on their own
+            entry["same_centre_mean"] = {k: v for k, v in mean_auc(blocks, settings.bootstrap, settings.seed).items()
+                                         if k != "centres"}
         if unavailable:
             entry["unavailable_centres"] = unavailable
             if not centres:
@@ -242,8 +249,10 @@ def run_membership(run_dir: Path, data: FederatedData | None = None, settings: M
     clients = check_data_matches(record, rounds, data)
     cands = build_candidates(data, settings.max_slices_per_patient, settings.seed)
     secure = bool(record.meta.get("secure")) or record.round(rounds[0]).secure
-    sig = collect_signals(record, rounds, clients, cands, _families(settings, secure), settings.batch_size,
-                          settings.grad_chunk, progress)
+    curve_rounds = choose_rounds(record, settings.exposure_rounds) if settings.exposure_rounds else None
+    families = _families(settings, secure) | (CURVE_FAMILIES if curve_rounds else set())
+    sig = collect_signals(record, rounds, clients, cands, families, settings.batch_size, settings.grad_chunk,
+                          progress)
     methods, curves = score_methods(sig, cands, clients, settings)
     members = {c: len(cands.members(c)) for c in clients}
     result: dict[str, Any] = {
@@ -254,6 +263,14 @@ def run_membership(run_dir: Path, data: FederatedData | None = None, settings: M
         "generalisation_gap": generalisation_gap(sig, cands, clients),
         "signal_seconds": sig.seconds, "methods": methods,
     }
+    if curve_rounds:
+        start = time.perf_counter()
+        per_round = curve_signals(record, curve_rounds, clients, cands, sig, settings.batch_size, progress)
+        result["exposure_round"] = round_exposure(per_round, cands, clients, settings)
+        result["signal_seconds"]["exposure_round"] = time.perf_counter() - start
     if out_dir is not None:
         write_outputs(result, curves, Path(out_dir), sig)
+        if curve_rounds:
+            exposure_figure({m: points for m, points in result["exposure_round"]["methods"].items()}, "round",
+                            "training round", Path(out_dir) / "exposure_round.png")
     return result

@@ -7,7 +7,7 @@ config can set them; unknown keys are errors.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -62,6 +62,9 @@ class MembershipSettings(BaseModel):
     (per-sample, floored at ``sigma_floor`` times the pooled value). ``bootstrap``: patient-clustered
     bootstrap resamples for the AUC confidence interval (0 turns it off). ``shuffle_labels``: a control
     that permutes membership among each target's candidate patients; AUC should then be about 0.5.
+    ``exposure_rounds``: recorded rounds of the exposure-vs-round curve ("all", a list, or None for no
+    curve). ``exposure_sizes``: training patients per centre of the smaller federations the audit trains
+    for the exposure-vs-federation-size curve (empty: none; the full federation is its last point).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -78,6 +81,8 @@ class MembershipSettings(BaseModel):
     bootstrap: int = Field(200, ge=0)
     shuffle_labels: bool = False
     threads: int | None = Field(None, ge=1)
+    exposure_rounds: list[int] | Literal["all"] | None = None
+    exposure_sizes: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list)
 
     @field_validator("methods")
     @classmethod
