@@ -104,6 +104,36 @@ def test_node_data_reads_a_single_centre_folder(tiny_config: Config, tiny_data, 
         load_centre(tiny_config.data, tiny_config.seed, "B", tmp_path)
 
 
+def test_node_leaves_a_bad_patient_out_before_the_split_as_load_federation_does(tiny_config: Config,
+                                                                               phantom_root: Path,
+                                                                               tmp_path: Path) -> None:
+    """With skip_bad a patient that fails its checks takes no place in either split (a node that split first
+    and skipped the patient later would train on other patients than the in-process engine)."""
+    import shutil
+
+    from fedi2i.data.federation import load_federation
+
+    bad = sorted(r.pid for r in scan_dataset(phantom_root) if r.centre == "A")[0]
+    for record in scan_dataset(phantom_root):
+        if record.pid == bad:
+            shutil.copytree(phantom_root / record.pid, tmp_path / record.pid)
+            (tmp_path / record.pid / "mr.nii.gz").write_bytes(b"")  # unreadable
+        else:
+            (tmp_path / record.pid).symlink_to(phantom_root / record.pid)
+    cfg = tiny_config.data.model_copy(update={"root": tmp_path, "skip_bad": True})
+    ref = load_federation(cfg, tiny_config.seed, progress=False)
+    assert list(ref.skipped) == [bad]
+    for centre in cfg.train_centres:
+        mine = load_centre(cfg, tiny_config.seed, centre, tmp_path)
+        assert {k: mine.ids[k] for k in ("train", "val", "test")} == \
+            {"train": ref.split.train[centre], "val": ref.split.val[centre], "test": ref.split.test[centre]}
+        assert torch.equal(mine.split("train").mr, ref.train[centre].mr)
+    strict = load_centre(cfg.model_copy(update={"skip_bad": False}), tiny_config.seed, "A", tmp_path)
+    with pytest.raises(DataError, match=bad):  # without skip_bad the split holding it names the patient
+        for split in ("train", "val", "test"):
+            strict.split(split)
+
+
 # ------------------------------------------------------------------ SecAgg state and messages
 def _drive(vectors: dict[str, np.ndarray], cfg: SecAggConfig, seed: int, reload: bool):
     """One SecAgg round where, with ``reload``, every client is serialised and rebuilt between stages

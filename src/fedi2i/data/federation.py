@@ -11,8 +11,8 @@ from fedi2i.config import DataConfig
 from fedi2i.data.cache import cache_dir
 from fedi2i.data.phantom import build_phantom_dataset
 from fedi2i.data.geometry import DEFAULT_FOV_MM, GridSettings
-from fedi2i.data.slices import PatientSplit, SliceSet, split_patients, volume_to_slices
-from fedi2i.data.synthrad import PatientRecord, load_centre_mapping, load_patient, scan_dataset
+from fedi2i.data.slices import PatientSplit, SliceSet, slice_patients, split_patients
+from fedi2i.data.synthrad import PatientRecord, load_centre_mapping, scan_dataset
 from fedi2i.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -186,6 +186,15 @@ class FederatedData:
                 "grid": self.grid.as_dict(), "patients": len(self.records), "skipped": dict(self.skipped)}
 
 
+def patient_slices(records: list[PatientRecord], cfg: DataConfig) -> tuple[dict[str, SliceSet], dict[str, str]]:
+    """Each patient's slices on the config's grid; a bad patient raises, or with ``skip_bad`` is listed.
+
+    Both the in-process federation and a Flower node's own centre (:mod:`fedi2i.fl.flower.nodedata`) load
+    through here, and both leave bad patients out before they split, so their splits are the same."""
+    return slice_patients(records, grid_settings(cfg), cfg.mr_percentiles, cfg.min_mask_fraction, cfg.slice_stride,
+                          cfg.skip_bad)
+
+
 def load_federation(cfg: DataConfig, seed: int, progress: bool = True) -> FederatedData:
     """Resolve the dataset, check every patient, split patients per centre (seeded), slice every split.
 
@@ -197,17 +206,7 @@ def load_federation(cfg: DataConfig, seed: int, progress: bool = True) -> Federa
     used = set(cfg.train_centres) | set(cfg.unseen_centres)
     records = [r for r in scan_dataset(root, mapping) if r.centre in used]
     grid = grid_settings(cfg)
-    slices: dict[str, SliceSet] = {}
-    skipped: dict[str, str] = {}
-    for record in records:
-        try:
-            slices[record.pid] = volume_to_slices(load_patient(record), grid, cfg.mr_percentiles,
-                                                  cfg.min_mask_fraction, cfg.slice_stride)
-        except DataError as exc:
-            if not cfg.skip_bad:
-                raise
-            log.warning("skipping %s", exc)
-            skipped[record.pid] = str(exc)
+    slices, skipped = patient_slices(records, cfg)
     good = [r for r in records if r.pid in slices]
     if records and not good:
         raise DataError(f"every patient under {root} failed its checks; run `fedi2i data inspect {root}`")

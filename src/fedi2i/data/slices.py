@@ -137,19 +137,30 @@ def volume_to_slices(vol: PatientVolumes, image_size: GridSettings | int, percen
                     [vol.centre] * len(keep))
 
 
-def load_slices(records: list[PatientRecord], image_size: GridSettings | int, percentiles: tuple[float, float],
-                min_mask_fraction: float = 0.05, stride: int = 1, skip_bad: bool = False) -> SliceSet:
-    """Load and slice several patients; a bad patient raises DataError or, with skip_bad, is skipped."""
-    parts = []
+def slice_patients(records: list[PatientRecord], image_size: GridSettings | int, percentiles: tuple[float, float],
+                   min_mask_fraction: float = 0.05, stride: int = 1,
+                   skip_bad: bool = False) -> tuple[dict[str, SliceSet], dict[str, str]]:
+    """Each patient's slices, by patient ID in record order; a patient that fails its checks raises
+    DataError or, with ``skip_bad``, is left out and listed in the second dict with the reason."""
+    slices: dict[str, SliceSet] = {}
+    skipped: dict[str, str] = {}
     for record in records:
         try:
-            vol = load_patient(record)
-            parts.append(volume_to_slices(vol, image_size, percentiles, min_mask_fraction, stride))
+            slices[record.pid] = volume_to_slices(load_patient(record), image_size, percentiles, min_mask_fraction,
+                                                  stride)
         except DataError as exc:
             if not skip_bad:
                 raise
             log.warning("skipping %s", exc)
-    return SliceSet.concat(parts)
+            skipped[record.pid] = str(exc)
+    return slices, skipped
+
+
+def load_slices(records: list[PatientRecord], image_size: GridSettings | int, percentiles: tuple[float, float],
+                min_mask_fraction: float = 0.05, stride: int = 1, skip_bad: bool = False) -> SliceSet:
+    """Load and slice several patients; a bad patient raises DataError or, with skip_bad, is skipped."""
+    slices, _ = slice_patients(records, image_size, percentiles, min_mask_fraction, stride, skip_bad)
+    return SliceSet.concat(list(slices.values()))
 
 
 @dataclass(frozen=True)

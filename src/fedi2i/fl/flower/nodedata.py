@@ -1,21 +1,23 @@
 """One node's data: the training and validation slices of its own centre, from its own disk.
 
 A hospital's SuperNode holds only its own patients, so it cannot call
-:func:`fedi2i.data.federation.load_federation` (which needs every centre). The split below is the same
-per-centre rule as :func:`fedi2i.data.slices.split_patients`: a centre's patients are shuffled by
-``default_rng([seed, 104729, i])`` where ``i`` is the centre's position in ``data.train_centres``, so
-it depends only on that centre's patients. A node therefore gets exactly the slices the in-process
-engine gives that centre (``tests/test_flower_app.py`` checks this against ``load_federation``).
+:func:`fedi2i.data.federation.load_federation` (which needs every centre). It splits its centre with the
+same per-centre rule, :func:`fedi2i.data.slices.centre_split` (seeded by the centre's position in
+``data.train_centres`` only), and loads patients through the same
+:func:`fedi2i.data.federation.patient_slices`; with ``skip_bad`` it checks every patient before the split,
+as ``load_federation`` does, so a bad patient takes no place in it. A node therefore gets exactly the
+slices the in-process engine gives that centre (``tests/test_flower_app.py`` checks this against
+``load_federation``). Without ``skip_bad`` a split's patients load when that split is first asked for.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedi2i.config import DataConfig
-from fedi2i.data.federation import grid_settings
-from fedi2i.data.slices import SliceSet, centre_split, load_slices
+from fedi2i.data.federation import patient_slices
+from fedi2i.data.slices import SliceSet, centre_split
 from fedi2i.data.synthrad import PatientRecord, load_centre_mapping, scan_dataset
 from fedi2i.errors import ConfigError, DataError
 
@@ -29,16 +31,19 @@ class CentreData:
     ids: dict[str, list[str]]
     records: dict[str, PatientRecord]
     cfg: DataConfig
+    loaded: dict[str, SliceSet] = field(default_factory=dict)  # patient ID -> slices, once read
 
     def split(self, name: str) -> SliceSet | None:
         """The slices of one split; None when the centre has no patient in it."""
         if name not in self.ids:
             raise ConfigError(f"unknown split {name!r}; splits are {sorted(self.ids)}")
-        if not self.ids[name] and name != "train":  # no training patients is an error load_slices explains
+        if not self.ids[name]:
+            if name == "train":
+                raise DataError(f"centre {self.centre} has no training patients under {self.root}")
             return None
-        cfg = self.cfg
-        return load_slices([self.records[p] for p in self.ids[name]], grid_settings(cfg), cfg.mr_percentiles,
-                           cfg.min_mask_fraction, cfg.slice_stride, cfg.skip_bad)
+        missing = [self.records[p] for p in self.ids[name] if p not in self.loaded]
+        self.loaded.update(patient_slices(missing, self.cfg)[0])
+        return SliceSet.concat([self.loaded[p] for p in self.ids[name] if p in self.loaded])
 
 
 def load_centre(cfg: DataConfig, seed: int, centre: str, root: Path,
@@ -54,6 +59,11 @@ def load_centre(cfg: DataConfig, seed: int, centre: str, root: Path,
         found = sorted({r.centre for r in records})
         raise DataError(f"no patients of centre {centre} under {root} (centres found: {found}); check the "
                         f"node's data-path and centre-id")
-    train, val, test, _ = centre_split(centre, list(mine), cfg.train_centres.index(centre), cfg.val_fraction,
+    loaded: dict[str, SliceSet] = {}
+    pids = list(mine)
+    if cfg.skip_bad:  # bad patients leave before the split, as in load_federation
+        loaded, _ = patient_slices(list(mine.values()), cfg)
+        pids = [p for p in pids if p in loaded]
+    train, val, test, _ = centre_split(centre, pids, cfg.train_centres.index(centre), cfg.val_fraction,
                                        cfg.test_fraction, seed, cfg.holdout_patients, cfg.train_patients)
-    return CentreData(centre, Path(root), {"train": train, "val": val, "test": test}, mine, cfg)
+    return CentreData(centre, Path(root), {"train": train, "val": val, "test": test}, mine, cfg, loaded)
