@@ -198,3 +198,17 @@ def test_membership_attack_draws_the_curve_over_the_recorded_rounds(tiny_config,
     from fedi2i.errors import RecordError
     with pytest.raises(RecordError, match=r"round\(s\) \[1\] were not recorded"):
         run_membership(run, tiny_data, settings.model_copy(update={"exposure_rounds": [1, 2]}))
+
+
+def test_audit_plans_one_cell_per_federation_size_that_trains_and_attacks_it(tiny_config, tmp_path: Path) -> None:
+    from fedi2i.audit.cells import AuditContext, build_cells
+
+    config = tiny_config.model_copy(update={"attacks": tiny_config.attacks.model_copy(update={"membership": {
+        **tiny_config.attacks["membership"], "exposure_sizes": [1], "rounds": [1]}})})
+    cells = {c.key: c for c in build_cells(AuditContext(config, tmp_path))}
+    assert "membership/size-1" in cells and cells["membership/size-1"].kind == "membership"
+    assert not any(c.key.startswith("membership/size") for c in build_cells(AuditContext(tiny_config, tmp_path / "b")))
+    result = cells["membership/size-1"].action()
+    assert result["train_patients"] == 1
+    assert set(result["methods"]) == {"fedmia-loss", "loss-global"}
+    assert all(n == 1 for n in result["candidates"]["member_patients"].values())

@@ -111,6 +111,8 @@ def build_cells(ctx: AuditContext) -> list[AuditCell]:
             cells.append(AuditCell(key=f"membership/{defence}", kind="membership",
                                    title=f"membership {defence}", needs=[train_key(defence)],
                                    action=_membership_action(ctx, defence)))
+        from fedi2i.audit.exposure_plan import exposure_cells
+        cells.extend(exposure_cells(ctx))
     if s.inversion:
         cells.extend(_inversion_cells(ctx))
     if s.poisoning:
