@@ -11,7 +11,7 @@ import pytest
 import SimpleITK as sitk
 
 from fedi2i.data.phantom import make_phantom_head
-from fedi2i.data.slices import load_slices
+from fedi2i.data.slices import slice_patients
 from fedi2i.data.synthrad import centre_from_id, load_centre_mapping, load_patient, scan_dataset, write_patient
 from fedi2i.errors import DataError
 
@@ -90,10 +90,11 @@ def test_bad_input_names_patient_and_file(tmp_path: Path, kind: str) -> None:
     message = str(info.value)
     assert "1BA002" in message and expected in message
     with pytest.raises(DataError):
-        load_slices(records, 32, (0.5, 99.5))
-    # with skip_bad the good patient survives, the bad one is left out, and nothing else is lost
-    slices = load_slices(records, 32, (0.5, 99.5), skip_bad=True)
-    assert slices.patients == ["1BA001"]
+        slice_patients(records, 32, (0.5, 99.5))
+    # with skip_bad the good patient survives, the bad one is left out with its reason, and nothing else is lost
+    slices, skipped = slice_patients(records, 32, (0.5, 99.5), skip_bad=True)
+    assert list(slices) == ["1BA001"] and slices["1BA001"].patients == ["1BA001"]
+    assert list(skipped) == ["1BA002"] and expected in skipped["1BA002"]
     assert load_patient(records[0]).mr.shape == (16, 32, 32)
 
 

@@ -156,13 +156,6 @@ def slice_patients(records: list[PatientRecord], image_size: GridSettings | int,
     return slices, skipped
 
 
-def load_slices(records: list[PatientRecord], image_size: GridSettings | int, percentiles: tuple[float, float],
-                min_mask_fraction: float = 0.05, stride: int = 1, skip_bad: bool = False) -> SliceSet:
-    """Load and slice several patients; a bad patient raises DataError or, with skip_bad, is skipped."""
-    slices, _ = slice_patients(records, image_size, percentiles, min_mask_fraction, stride, skip_bad)
-    return SliceSet.concat(list(slices.values()))
-
-
 @dataclass(frozen=True)
 class PatientSplit:
     """Patient IDs per centre for train / val / test; unseen centres are test-only. ``holdout``: patients of a
