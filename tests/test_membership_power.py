@@ -3,6 +3,7 @@ both sides), the smaller federations of the exposure curve, and the Flower node 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -212,3 +213,44 @@ def test_audit_plans_one_cell_per_federation_size_that_trains_and_attacks_it(tin
     assert result["train_patients"] == 1
     assert set(result["methods"]) == {"fedmia-loss", "loss-global"}
     assert all(n == 1 for n in result["candidates"]["member_patients"].values())
+
+
+# --- the report: what secure aggregation does not protect, and the curves ------------------------------------
+def _membership_cell(secure: bool, fedmia: tuple[float, float, float], global_model: tuple[float, float, float]):
+    def mean(v: tuple[float, float, float]) -> dict:
+        return {"auc": v[0], "ci95": [v[1], v[2]]}
+
+    centre = {"slice": {"auc": 0.8, "auc_same_centre": global_model[0], "auc_same_centre_ci95": list(global_model[1:]),
+                        "n_members": 64, "n_nonmembers": 96},
+              "patient": {"n_same_centre": 12, "n_members": 8}}
+    methods = {"loss-global": {"available": True, "centres": {"A": centre}, "same_centre_mean": mean(global_model)}}
+    curve = {"loss-global": [{"round": r, **mean(global_model)} for r in (0, 5, 9)]}
+    if secure:
+        methods["fedmia-loss"] = {"available": False, "reason": "unavailable by construction"}
+    else:
+        methods["fedmia-loss"] = {"available": True, "centres": {"A": centre}, "same_centre_mean": mean(fedmia)}
+        curve["fedmia-loss"] = [{"round": r, **mean(fedmia)} for r in (0, 5, 9)]
+    result = {"methods": methods, "secure": secure, "candidates": {"member_patients": {"A": 8}},
+              "exposure_round": {"rounds": [0, 5, 9], "methods": curve}}
+    return {"kind": "membership", "title": "membership", "status": "ok", "result": result, "seconds": 1.0}
+
+
+def test_report_states_what_secagg_does_not_protect_with_its_interval(tiny_config, tmp_path: Path) -> None:
+    from fedi2i.audit.report import write_report
+    from fedi2i.audit.store import CellStore
+
+    store = CellStore(tmp_path)
+    store.put("membership/none", {"key": "membership/none", **_membership_cell(False, (0.71, 0.64, 0.78),
+                                                                               (0.58, 0.52, 0.64))})
+    store.put("membership/secagg", {"key": "membership/secagg", **_membership_cell(True, (0, 0, 0),
+                                                                                   (0.57, 0.51, 0.63))})
+    html = write_report(tiny_config, tmp_path, [], store).read_text()
+    assert ("It does not protect the aggregate model that every centre receives: the loss attack on the global "
+            "model still reaches a same-centre AUC of 0.57 [95% CI 0.51-0.63] under secure aggregation") in html
+    assert "FedMIA-I&#x27;s per-update exposure (same-centre AUC 0.71 [95% CI 0.64-0.78]" in html
+    assert "8 member patients against 12 same-centre non-member patients" in html
+    results = json.loads((tmp_path / "results.json").read_text())
+    row = next(t for t in results["summary"] if t["threat"].startswith("Membership through the shared model"))
+    assert "0.57 [95% CI 0.51-0.63]" in row["with_defence"] and row["defence"] == "secure aggregation"
+    assert (tmp_path / "membership" / "exposure_round.png").is_file()
+    assert "0.58 [0.52-0.64]" in html  # a point of the round curve's table

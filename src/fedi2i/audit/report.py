@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from fedi2i.audit import html as H
+from fedi2i.audit import html as H, report_membership
 from fedi2i.audit.findings import (Comparison, Threat, membership_aucs, quality, summarise, unusable_numbers)
 from fedi2i.audit.plan import AuditCell
 from fedi2i.audit.schema import AuditResults, finite_json
@@ -276,6 +276,7 @@ SECTIONS: list[tuple[str, Callable[[ReportInputs], str]]] = [
     ("study comparison", _section_study),
     ("synthesis quality", _section_quality),
     ("membership inference", _section_membership),
+    ("membership exposure", lambda r: report_membership.section(r)),
     ("gradient inversion", _section_inversion),
     ("poisoning", _section_poison),
     ("honest-majority assumptions", _section_guarantees),

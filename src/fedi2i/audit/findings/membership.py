@@ -48,6 +48,36 @@ def _best_text(parts: dict[str, Interval | None], point: float | None) -> str:
     return iv.text() if iv else fmt(point)
 
 
+def mean_same_centre(result: dict[str, Any] | None, method: str) -> Interval | None:
+    """One method's same-centre AUC as a mean over the target centres, with its stratified 95% interval."""
+    m = ((result or {}).get("methods") or {}).get(method) or {}
+    mean = m.get("same_centre_mean") or {} if m.get("available", True) else {}
+    return Interval.from_ci(mean.get("auc"), mean.get("ci95"))
+
+
+def _iv_text(iv: Interval | None) -> str:
+    return iv.text() if iv else "n/a"
+
+
+def secagg_statement(cells: dict[str, dict[str, Any]]) -> str | None:
+    """What secure aggregation removes (FedMIA on each centre's update) and what it leaves: the exposure of the
+    aggregate model every centre receives. None without a SecAgg membership cell."""
+    membership = ok_results(cells, "membership")
+    secure = membership.get("membership/secagg")
+    if secure is None:
+        return None
+    plain = membership.get("membership/none")
+    fedmia, plain_global = mean_same_centre(plain, "fedmia-loss"), mean_same_centre(plain, "loss-global")
+    secure_global = mean_same_centre(secure, "loss-global")
+    removed = (f"FedMIA-I's per-update exposure (same-centre AUC {_iv_text(fedmia)} without it, mean over "
+               "centres)" if fedmia else "FedMIA's per-update exposure")
+    return (f"Under secure aggregation the server never sees a centre's own update, so {removed} is gone. "
+            f"It does not protect the aggregate model that every centre receives: the loss attack on the global "
+            f"model still reaches a same-centre AUC of {_iv_text(secure_global)} under secure aggregation "
+            f"({_iv_text(plain_global)} without it). Only a defence that limits what the model memorises, such as "
+            "differential privacy, lowers that exposure.")
+
+
 def best_available_auc(result: dict[str, Any]) -> float | None:
     """Best same-centre AUC over methods: the membership signal itself, not the scanner confound
     (non-members from another centre can be rejected because of their scanner alone)."""
@@ -76,6 +106,17 @@ def membership_findings(cells: dict[str, dict[str, Any]]) -> tuple[list[Threat],
         f"{_best_text(same_centre_intervals(plain) if plain else {}, best_plain)}; beside it, FedMIA-I AUC up "
         f"to {fmt(max(fedmia) if fedmia else None)} against all non-members ({CONFOUND})",
         best_def[1], f"best same-centre AUC {_best_text(def_parts, best_def[0])}", level(best_plain, 0.8, 0.6)))
+    secure_global = mean_same_centre(secure, "loss-global")
+    if secure is not None:
+        fedmia_mean = mean_same_centre(plain, "fedmia-loss")
+        threats.append(Threat(
+            "Membership through the shared model (what secure aggregation does not protect)",
+            f"FedMIA-I on each centre's update: same-centre AUC {_iv_text(fedmia_mean)}; loss attack on the global "
+            f"model: {_iv_text(mean_same_centre(plain, 'loss-global'))} (means over centres, 95% CI over patients)",
+            "secure aggregation",
+            f"FedMIA removed (no individual update to attack); the aggregate model's own exposure remains: loss "
+            f"attack on the global model, same-centre AUC {_iv_text(secure_global)}",
+            level(secure_global.point if secure_global else None, 0.8, 0.6)))
     parts = same_centre_intervals(plain, ("fedmia-loss",)) if plain else {}
     if parts:
         beside = (f"; beside it, against all non-members {min(fedmia):.2f}-{max(fedmia):.2f}, {CONFOUND}"
@@ -83,7 +124,7 @@ def membership_findings(cells: dict[str, dict[str, Any]]) -> tuple[list[Threat],
         comps.append(Comparison(
             "FedMIA exposes membership", "AUC 0.92-0.99 across centres",
             f"FedMIA-I AUC against same-centre non-members (membership itself; slice level, 95% CI over patients): "
-            f"{parts_text(parts)}{beside}",
+            f"{parts_text(parts)}; mean over centres {_iv_text(mean_same_centre(plain, 'fedmia-loss'))}{beside}",
             interval_status(parts, *STUDY["fedmia_auc"]), parts_dict(parts)))
     elif fedmia:
         comps.append(Comparison("FedMIA exposes membership", "AUC 0.92-0.99 across centres",
