@@ -54,6 +54,9 @@ def test_flower_deployment_matches_the_engine(tiny_config: Config, tiny_data, ph
             assert "completed" in result.status
             started += [p for p in federation.pids() if p not in started]
     assert not [p for p in started if _alive(p)], "a Flower process outlived the federation"
+    # every ClientApp task was forked from the pre-started interpreter, none started and imported afresh
+    forked = (tmp_path / "flower" / "logs" / "prestart.log").read_text().count("forked ClientApp task")
+    assert forked >= 2 * 2 * len(CENTRES), forked  # 2 runs x 2 rounds x 3 nodes, at least one task each
 
     plain_ref = train(plain_cfg, tmp_path / "engine-plain", data)
     secure_ref = train(secure_cfg, tmp_path / "engine-secure", data)

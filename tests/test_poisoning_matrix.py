@@ -14,7 +14,7 @@ from fedi2i.config import AttacksConfig, Config
 
 POISON = {"attacks": ["update_noise"], "levels": ["huge"], "update_noise": {"huge": 1000.0},
           "n_malicious": [1], "malicious": ["A"], "rules": ["fedavg", "fedmedian"], "rounds": 3,
-          "eval_every": 3}
+          "eval_every": 3, "seeds": 1}
 
 
 def _config(tiny_config: Config) -> Config:
@@ -114,6 +114,43 @@ def test_cli_reuses_cells_and_writes_outputs(matrix: tuple, tmp_path: Path) -> N
     plan = CliRunner().invoke(app, ["attack", "poison", "--config", str(path), "--plan"])
     assert plan.exit_code == 0 and "4 cells" in plan.output
     assert bad.exit_code == 2 and "no value for" in bad.output and "nope" in bad.output
+
+
+def test_replicates_pair_clean_and_attacked_runs_by_seed(matrix: tuple, tiny_data, tmp_path: Path) -> None:
+    """Three seeds: replicate 0 is the matrix already run (reused, same keys and fingerprints); replicates 1
+    and 2 train every deciding cell again, clean and attacked with the same seed, and the audit pairs them
+    by that seed into an interval."""
+    import shutil
+
+    from fedi2i.audit.findings import poison_effects
+    from fedi2i.audit.schema import CellEntry
+
+    cfg, out, res = matrix
+    replicated = cfg.model_copy(update={"attacks": AttacksConfig(poison={**POISON, "seeds": 3})})
+    cells = plan_poison(replicated, data=tiny_data)
+    assert [c.key for c in cells if c.replicate == 0] == list(res)
+    seeds = {r: {c.seed for c in cells if c.replicate == r} for r in range(3)}
+    assert seeds[0] == {cfg.seed} and all(len(s) == 1 for s in seeds.values())  # one seed per replicate
+    assert len(set.union(*seeds.values())) == 3  # and a different one for each
+    assert sorted(c.key for c in cells if c.replicate == 2) == sorted(f"{k}__r2" for k in res)
+
+    work = tmp_path / "poison"
+    shutil.copytree(out, work)
+    reused: list[bool] = []
+    results = run_poison_matrix(replicated, tiny_data, work, on_cell=lambda c, r, u: reused.append(u))
+    assert reused == [True] * 4 + [False] * 8
+    by_key = {r["key"]: r for r in results}
+    assert by_key["fedavg__baseline__r1"]["seed"] == by_key["fedavg__update_noise__huge__m1__r1"]["seed"]
+    assert by_key["fedavg__baseline__r1"]["unseen_mean"]["mae"] != by_key["fedavg__baseline"]["unseen_mean"]["mae"]
+
+    stored = {f"poison/{k}": CellEntry(key=f"poison/{k}", kind="poison", title=k, status="ok", result=r).to_dict()
+              for k, r in by_key.items()}
+    effects = {(e.rule, e.attack): e for e in poison_effects(stored)}
+    median = effects[("fedmedian", "update_noise")]
+    assert median.seeds == [c.seed for c in cells if c.key.startswith("fedmedian__baseline")]
+    assert median.clean_mae == [by_key[k]["unseen_mean"]["mae"] for k in
+                                ("fedmedian__baseline", "fedmedian__baseline__r1", "fedmedian__baseline__r2")]
+    assert median.ratio is not None and median.judged  # the median with 1 of 4 malicious: a deciding cell
 
 
 def test_collapse_is_recorded_not_raised(tiny_config: Config, tiny_data, tmp_path: Path, monkeypatch) -> None:

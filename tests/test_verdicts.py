@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from fedi2i.audit.findings import single_run_status, summarise
-from fedi2i.audit.intervals import (Interval, SeededRun, joint_status, paired_ratio_interval,
-                                    status_from_interval)
+from fedi2i.audit.intervals import (Interval, SeededRun, any_status, joint_status, mean_interval,
+                                    paired_ratio_by_key, paired_ratio_interval, status_from_interval)
 from fedi2i.audit.schema import CellEntry, MembershipResult
 
 FEDMIA = (0.92, 0.99)
@@ -48,23 +48,47 @@ def _runs(values: dict[int, float], rounds: int = 5) -> list[SeededRun]:
 
 def test_paired_ratio_pairs_by_seed_not_by_position() -> None:
     # seeds differ a lot (training noise) but each attacked run is exactly twice its clean twin: paired, the
-    # ratio is 2 in every resample; paired by position after a shuffle, it would spread widely
+    # ratio is 2 with no spread at all; the same runs listed in another order pair the same way
     clean = {1: 100.0, 2: 300.0, 3: 200.0, 4: 400.0, 5: 150.0}
     attacked = {s: 2 * v for s, v in clean.items()}
     ordered = paired_ratio_interval(_runs(clean), _runs(attacked))
-    assert ordered == Interval(2.0, 2.0, 2.0)
+    assert (ordered.point, ordered.low, ordered.high) == pytest.approx((2.0, 2.0, 2.0), abs=1e-12)
     shuffled = _runs(attacked)
     random.Random(0).shuffle(shuffled)
     assert paired_ratio_interval(_runs(clean)[::-1], shuffled) == ordered
+    # the same values given to other seeds are other pairs: the ratios now spread, and so does the interval
+    mixed = paired_ratio_interval(_runs(clean), _runs(dict(zip(clean, [2 * clean[s] for s in (3, 1, 5, 2, 4)]))))
+    assert mixed.low < 1.5 and mixed.high > 2.5
 
 
-def test_paired_ratio_interval_is_reproducible_and_covers_the_noise() -> None:
-    clean = _runs({1: 300.0, 2: 320.0, 3: 290.0, 4: 310.0})
-    attacked = _runs({1: 330.0, 2: 420.0, 3: 300.0, 4: 360.0})
-    first = paired_ratio_interval(clean, attacked, seed=7)
-    assert first == paired_ratio_interval(clean, attacked, seed=7)
-    assert first.point == pytest.approx(1410 / 1220)
-    assert first.low < 1.1 < first.point < 1.2 < first.high  # per-seed ratios span x1.03-x1.31
+def test_paired_ratio_is_the_t_interval_of_the_log_ratios() -> None:
+    # per-seed ratios x1.1, x1.3, x1.5; R: exp(t.test(log(c(1.1, 1.3, 1.5)))$conf.int) = 0.8770 1.8965, and the
+    # geometric mean is 1.2897
+    iv = paired_ratio_interval(_runs({1: 100.0, 2: 200.0, 3: 300.0}), _runs({1: 110.0, 2: 260.0, 3: 450.0}))
+    assert (iv.point, iv.low, iv.high) == pytest.approx((1.2897, 0.8770, 1.8965), abs=1e-4)
+
+
+def test_three_seeds_give_an_interval_wider_than_their_range() -> None:
+    """With 3 seeds the bootstrap's interval is about the range of the per-seed ratios, which misses the
+    population's ratio about a quarter of the time; the t-interval reaches beyond it on both sides, so
+    ratios x1.6-x1.8 do not yet establish "at least x1.5"."""
+    iv = paired_ratio_interval(_runs({1: 100.0, 2: 100.0, 3: 100.0}), _runs({1: 160.0, 2: 170.0, 3: 180.0}))
+    assert iv.low < 1.6 and iv.high > 1.8
+    assert status_from_interval(iv, 1.5, math.inf) == "inconclusive"
+    tight = paired_ratio_interval(_runs({1: 100.0, 2: 100.0, 3: 100.0}), _runs({1: 168.0, 2: 170.0, 3: 172.0}))
+    assert status_from_interval(tight, 1.5, math.inf) == "reproduced"
+
+
+def test_collapsed_runs_make_the_ratio_infinite() -> None:
+    clean = _runs({1: 300.0, 2: 320.0, 3: 290.0})
+    every = paired_ratio_interval(clean, _runs({1: math.inf, 2: math.inf, 3: math.inf}))
+    assert every == Interval(math.inf, math.inf, math.inf)
+    assert status_from_interval(every, 1.5, math.inf) == "reproduced"
+    # one seed collapsed: the upper end is infinite, the lower end read from the two that did not
+    some = paired_ratio_interval(clean, _runs({1: 660.0, 2: math.inf, 3: 560.0}))  # x2.2 and x1.93
+    assert some.high == math.inf and 0 < some.low < 1.93
+    # two collapsed: one finite ratio says nothing about the spread, so the lower end is unknown (0)
+    assert paired_ratio_interval(clean, _runs({1: 600.0, 2: math.inf, 3: math.inf})).low == 0.0
 
 
 def test_paired_ratio_refuses_runs_that_do_not_pair() -> None:
@@ -77,6 +101,26 @@ def test_paired_ratio_refuses_runs_that_do_not_pair() -> None:
         paired_ratio_interval(clean + [SeededRun(2, 5, 305.0)], _runs({1: 400.0, 2: 410.0, 3: 420.0}))
     with pytest.raises(ValueError, match="at least 3 are needed"):
         paired_ratio_interval(clean[:2], _runs({1: 400.0, 2: 410.0}))
+
+
+def test_ratio_over_patients_pairs_by_patient() -> None:
+    plain = {"E/p1": 100.0, "E/p2": 200.0, "E/p3": 300.0, "E/p4": 150.0}
+    secure = {"E/p4": 151.5, "E/p3": 303.0, "E/p2": 202.0, "E/p1": 101.0, "E/p9": 999.0}  # p9: only one model
+    iv = paired_ratio_by_key(plain, secure)
+    assert iv is not None and (iv.point, iv.low, iv.high) == pytest.approx((1.01, 1.01, 1.01), abs=1e-12)
+    assert paired_ratio_by_key({"E/p1": 100.0, "E/p2": 200.0}, {"E/p1": 100.0, "E/p2": 200.0}) is None
+
+
+def test_mean_interval_needs_three_finite_values() -> None:
+    assert mean_interval([0.2, None, 0.3]) is None
+    iv = mean_interval([0.1, 0.2, 0.3])
+    assert iv is not None and iv.point == pytest.approx(0.2) and iv.low < 0.1 and iv.high > 0.3
+
+
+def test_any_status_needs_one_clear_part() -> None:
+    assert any_status(["not reproduced", "reproduced"]) == "reproduced"
+    assert any_status(["not reproduced", "inconclusive"]) == "inconclusive"
+    assert any_status(["not reproduced", "not reproduced"]) == "not reproduced"
 
 
 def test_single_run_ratio_decides_only_far_beyond_noise() -> None:
@@ -126,3 +170,25 @@ def test_secagg_finding_reads_chance_only_from_a_clear_interval() -> None:
     assert secagg.status == "inconclusive" and "0.58 [95% CI 0.45-0.71]" in secagg.ours
     cells = {"membership/secagg": _membership("membership/secagg", {"C": (0.52, 0.40, 0.63)}, all_auc=0.9)}
     assert _finding(summarise(cells)[1], "SecAgg brings membership").status == "reproduced"
+
+
+def test_results_of_schema_3_are_read_and_older_ones_refused(tmp_path) -> None:
+    """Version 4 only added fields with defaults: a version 3 results.json is read as it is; a version 2 file
+    is refused with a message naming the versions this fedi2i reads."""
+    import json
+
+    from fedi2i.audit.schema import AuditResults, load_results
+    from fedi2i.errors import RunStateError
+
+    current = AuditResults(preset="tiny", generated="now", versions={}, cells_planned=0, cells_ok=0, summary=[],
+                           study_comparison=[], quality={}, cells={}).to_dict()
+    old = {k: v for k, v in current.items() if k != "poison_effects"} | {"schema_version": 3}
+    old["summary"] = [{"threat": "Poisoning", "exposure": "x", "defence": "median", "with_defence": "y",
+                       "verdict": "high"}]  # a version 3 threat row: no intervals
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(old))
+    results = load_results(path)
+    assert results.schema_version == 3 and results.summary[0].verdict == "high" and results.poison_effects == []
+    path.write_text(json.dumps(old | {"schema_version": 2}))
+    with pytest.raises(RunStateError, match="schema version 2, this fedi2i reads versions 3, 4"):
+        load_results(path)

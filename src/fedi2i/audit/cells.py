@@ -40,7 +40,11 @@ def _train_action(ctx: AuditContext, defence: str):
         result = train(ctx.run_config(defence), ctx.run_dir(defence), ctx.data,
                        RunOptions(centralised=defence == "centralised"))
         m = result.metrics
+        tests = m.get("test") or {}
+        patients = {c: {pid: {k: v[k] for k in ("mae", "psnr", "ssim")} for pid, v in tests[c]["patients"].items()}
+                    for c in ctx.config.data.unseen_centres if c in tests}
         return {"run_dir": str(result.run_dir), "unseen": m.get("unseen"), "seen": m.get("seen"),
+                "unseen_patients": patients,
                 "dp": m.get("dp"), "train_seconds": m.get("train_seconds_this_call"),
                 "figures": sorted(str(p) for p in (result.run_dir / "figures").glob("*.png"))}
     return action

@@ -1,27 +1,37 @@
 """95 % intervals, and study statuses read from them: a status is a claim about a population, so it is
 only stated when the interval lies on one side of the study's figure (DESIGN.md section 9).
 
-Two sources of intervals:
+Where the intervals come from:
 
 - AUCs over patients: the membership attack already computes a patient-clustered bootstrap
   (``fedi2i.attacks.membership.evaluation.bootstrap_auc``) and stores it as ``*_ci95`` in its cell;
   ``Interval.from_ci`` reads it back, nothing is resampled twice.
 - Effects of training noise (poisoning against clean runs): ``paired_ratio_interval`` over runs paired by
-  seed, of the same length, with at least ``MIN_SEEDS`` seeds.
+  seed, of the same length, with at least ``MIN_SEEDS`` seeds; ``mean_interval`` for a number measured once
+  per seed (the detector's margin).
+- Paired effects over patients (SecAgg against plain FedAvg on the same unseen patients):
+  ``paired_ratio_by_key``.
+
+Why t-intervals and not the bootstrap for seeds: with 3 seeds a percentile bootstrap has 10 distinct
+resamples and its interval is about the range of the 3 per-seed values, which holds the population's centre
+only about 75 % of the time (3 draws all on one side of the median happen 2 x 1/8 of the time). The t-interval
+with n - 1 degrees of freedom (t = 4.30 for 3 seeds) is the small-sample interval that keeps 95 % coverage
+when the per-seed values are roughly normal; ratios of MAEs are taken on the log scale, where run-to-run
+noise is multiplicative and close to normal, so the interval of a ratio is never below zero.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+from scipy import stats
 
 Status = Literal["reproduced", "not reproduced", "exceeded", "inconclusive"]
 MIN_SEEDS = 3
-N_BOOT = 2000
 
 
 @dataclass(frozen=True)
@@ -83,9 +93,70 @@ def joint_status(statuses: Iterable[Status]) -> Status:
     return "exceeded" if all(p == "exceeded" for p in parts) else "reproduced"
 
 
+def any_status(statuses: Iterable[Status]) -> Status:
+    """One status for a claim that some part makes ("some attack makes FedAvg inoperative").
+
+    Any part clearly for it proves it; otherwise any undecided part leaves it "inconclusive"; only every
+    part clearly against it refutes it ("not reproduced").
+    """
+    parts = list(statuses)
+    if not parts:
+        raise ValueError("no status to combine")
+    if "exceeded" in parts or "reproduced" in parts:
+        return "exceeded" if all(p == "exceeded" for p in parts) else "reproduced"
+    return "inconclusive" if "inconclusive" in parts else "not reproduced"
+
+
+def t_interval(values: Sequence[float]) -> tuple[float, float, float]:
+    """(mean, low, high): the 95 % Student-t interval of the mean of ``values`` (at least 2, all finite)."""
+    x = np.asarray(values, dtype=float)
+    if x.size < 2 or not np.isfinite(x).all():
+        raise ValueError(f"a t-interval needs at least 2 finite values, got {x.tolist()}")
+    mean = float(x.mean())
+    half = float(stats.t.ppf(0.975, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
+    return mean, mean - half, mean + half
+
+
+def mean_interval(values: Sequence[float | None], *, min_n: int = MIN_SEEDS) -> Interval | None:
+    """Mean of a number measured once per seed, with its 95 % t-interval; None with fewer than ``min_n``
+    finite values (a seed whose number is missing or not finite tells nothing and is left out)."""
+    finite = [float(v) for v in values if v is not None and math.isfinite(v)]
+    if len(finite) < max(min_n, 2):
+        return None
+    return Interval(*t_interval(finite))
+
+
+def log_ratio_interval(base: Sequence[float], other: Sequence[float]) -> Interval:
+    """Geometric-mean ratio ``other / base`` over pairs, with the 95 % t-interval of the mean log-ratio.
+
+    ``base`` must be finite and positive. An ``other`` of ``inf`` (a collapsed run) is a ratio no finite
+    figure reaches: all of them collapsed reads ``inf [inf, inf]``; some of them gives the upper end ``inf``
+    and a lower end from the pairs that did not collapse (a collapse can only raise the centre), or 0 when
+    fewer than 2 remain (unknown).
+    """
+    b = np.asarray(base, dtype=float)
+    o = np.asarray(other, dtype=float)
+    if b.shape != o.shape or b.size < 2:
+        raise ValueError(f"need at least 2 pairs of equal length, got {b.size} and {o.size}")
+    if not (np.isfinite(b).all() and (b > 0).all()):
+        raise ValueError(f"reference values must be finite and positive, got {b.tolist()}")
+    if np.isnan(o).any() or (o <= 0).any():
+        raise ValueError(f"compared values must be positive (inf for a collapsed run), got {o.tolist()}")
+    collapsed = ~np.isfinite(o)
+    logs = np.log(o[~collapsed] / b[~collapsed])
+    if collapsed.all():
+        return Interval(math.inf, math.inf, math.inf)
+    if collapsed.any():
+        low = math.exp(t_interval(logs)[1]) if logs.size >= 2 else 0.0
+        return Interval(math.inf, low, math.inf)
+    mean, low, high = t_interval(logs)
+    return Interval(math.exp(mean), math.exp(low), math.exp(high))
+
+
 @dataclass(frozen=True)
 class SeededRun:
-    """One training run's deciding number (e.g. unseen-centre MAE), with the seed and length it ran with."""
+    """One training run's deciding number (e.g. unseen-centre MAE; ``inf`` if the run collapsed), with the
+    seed and length it ran with."""
 
     seed: int
     rounds: int
@@ -102,34 +173,33 @@ def _by_seed(runs: Sequence[SeededRun], arm: str) -> dict[int, SeededRun]:
 
 
 def paired_ratio_interval(clean: Sequence[SeededRun], attacked: Sequence[SeededRun], *,
-                          n_boot: int = N_BOOT, seed: int = 0, min_seeds: int = MIN_SEEDS) -> Interval:
-    """Ratio of mean attacked to mean clean value, with a 95 % bootstrap interval over paired seeds.
+                          min_seeds: int = MIN_SEEDS) -> Interval:
+    """Ratio attacked / clean over runs paired by seed, with its 95 % interval (``log_ratio_interval``).
 
-    Runs are matched by seed, not by position, so the clean and attacked runs of a seed share their
-    initialisation and data order, and their ratio cancels that part of training noise. A resample draws
-    whole pairs. Every run must have the same number of rounds: a longer run is a different experiment.
-    A collapsed run counts as ``inf``; the interval is then read from order statistics, never interpolated.
-    With few seeds the interval is coarse (3 seeds give 10 distinct resamples) but honest.
+    Runs are matched by seed, not by position: the clean and attacked runs of a seed share their
+    initialisation and data order, so their ratio cancels that part of training noise, and the interval is
+    the spread of the per-seed ratios, not of the runs themselves. Every run must have the same number of
+    rounds (a longer run is a different experiment), and both arms the same seeds, at least ``min_seeds``.
     """
     c, a = _by_seed(clean, "clean"), _by_seed(attacked, "attacked")
     if set(c) != set(a):
         raise ValueError(f"clean and attacked runs do not pair by seed: clean only {sorted(set(c) - set(a))}, "
                          f"attacked only {sorted(set(a) - set(c))}; run both arms with the same seeds")
-    if len(c) < min_seeds:
-        raise ValueError(f"{len(c)} paired seeds, at least {min_seeds} are needed for an interval")
+    if len(c) < max(min_seeds, 2):
+        raise ValueError(f"{len(c)} paired seeds, at least {max(min_seeds, 2)} are needed for an interval")
     lengths = {r.rounds for r in (*clean, *attacked)}
     if len(lengths) > 1:
         raise ValueError(f"runs differ in length ({sorted(lengths)} rounds); pair runs of the same length")
     seeds = sorted(c)
-    base = np.array([c[s].value for s in seeds], dtype=float)
-    hit = np.array([a[s].value for s in seeds], dtype=float)
-    if not (np.isfinite(base).all() and (base > 0).all()):
-        raise ValueError(f"clean values must be finite and positive, got {base.tolist()}")
-    if np.isnan(hit).any():
-        raise ValueError("an attacked value is NaN; count a collapsed run as inf")
-    rng = np.random.default_rng([seed, 2654435761])
-    pick = rng.integers(0, len(seeds), size=(n_boot, len(seeds)))
-    ratios = hit[pick].mean(1) / base[pick].mean(1)
-    low, high = np.quantile(ratios, [0.025, 0.975], method="inverted_cdf")
-    point = float(hit.mean() / base.mean())
-    return Interval(point, float(low), float(high) if math.isfinite(high) else math.inf)
+    return log_ratio_interval([c[s].value for s in seeds], [a[s].value for s in seeds])
+
+
+def paired_ratio_by_key(base: Mapping[str, float], other: Mapping[str, float], *, min_n: int = MIN_SEEDS
+                        ) -> Interval | None:
+    """Ratio ``other / base`` over the keys both hold (e.g. the same unseen patients scored by two models),
+    paired by key, with its 95 % interval; None with fewer than ``min_n`` shared keys with finite values."""
+    keys = sorted(k for k in set(base) & set(other)
+                  if all(v is not None and math.isfinite(v) and v > 0 for v in (base[k], other[k])))
+    if len(keys) < max(min_n, 2):
+        return None
+    return log_ratio_interval([base[k] for k in keys], [other[k] for k in keys])

@@ -23,9 +23,10 @@ from typing import Any, TypeVar
 import yaml
 
 from fedi2i.audit import html as H, report_membership
-from fedi2i.audit.findings import (Comparison, Threat, membership_aucs, quality, summarise, unusable_numbers)
+from fedi2i.audit.findings import (Comparison, Threat, membership_aucs, poison_effects, quality, summarise,
+                                   unusable_numbers)
 from fedi2i.audit.plan import AuditCell
-from fedi2i.audit.schema import AuditResults, finite_json
+from fedi2i.audit.schema import AuditResults, PoisonEffect, finite_json
 from fedi2i.audit.store import CellStore
 from fedi2i.config import Config
 from fedi2i.io import read_json, write_text
@@ -99,6 +100,7 @@ class ReportInputs:
     poison: dict[str, Any] | None = None
     threats: list[Threat] = field(default_factory=list)
     comps: list[Comparison] = field(default_factory=list)
+    effects: list[PoisonEffect] = field(default_factory=list)
     unusable: list[dict[str, str]] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)
 
@@ -114,8 +116,10 @@ def _guarded(errors: dict[str, str], name: str, build: Callable[[], T], fallback
 
 
 def _verdict_cell(verdict: str) -> str:
-    css = {"high": "verdict-high", "medium": "verdict-medium", "low": "verdict-low"}.get(verdict, "")
-    label = {"high": "HIGH exposure", "medium": "MEDIUM exposure", "low": "LOW exposure"}.get(verdict, verdict)
+    """A level, or two ("medium to high": the interval behind it spans both), coloured by the higher."""
+    top = verdict.split(" to ")[-1]
+    css = {"high": "verdict-high", "medium": "verdict-medium", "low": "verdict-low"}.get(top, "")
+    label = (f"{verdict.upper()} exposure" if top in ("high", "medium", "low") else verdict)
     return f'<span class="{css}">{H.esc(label)}</span>'
 
 
@@ -206,6 +210,60 @@ def _section_inversion(r: ReportInputs) -> str:
                        "CT PSNR"], rows) + _figures(figs, 6))
 
 
+def _poison_seeds(r: ReportInputs, rows: list[dict[str, Any]]) -> str:
+    """The replicated configurations: unseen MAE per seed, clean and attacked paired by seed, the ratio with
+    its 95 % interval; and the detector's margin per seed where its level was replicated."""
+    from fedi2i.attacks.poisoning import load_poison_settings
+    from fedi2i.audit.intervals import mean_interval
+
+    settings = load_poison_settings(r.config)
+    replicated = [e for e in r.effects if len(e.seeds) > 1]
+    seconds = [x["seconds"] for x in rows if x.get("seconds") and x["status"] == "done"]
+    cost = (f" A poisoning run took {sum(seconds) / len(seconds):.0f} s of wall time on average here "
+            f"({len(seconds)} runs)." if seconds else "")
+    which = ("every cell" if settings.replicate == "all" else
+             "the cells the verdicts read: each rule's clean baseline, every attack at its highest level with a "
+             "malicious minority, and the stealth attack at its lowest level with the fewest malicious centres "
+             "(FedAvg and FedMedian)")
+    intro = (f"<h3>Paired seeds</h3><p class='small'>{settings.seeds} training seeds for {H.esc(which)}; the "
+             "rest of the matrix ran once. Clean and attacked runs of a seed share initialisation, batch order "
+             "and noise draws, so they pair by seed; the ratio is the geometric mean of the per-seed ratios "
+             "attacked / clean with its 95% t-interval (log scale, n - 1 degrees of freedom)." + cost + "</p>")
+    if settings.seeds <= 1 or not replicated:
+        return ("<h3>Paired seeds</h3><p class='small'>One training seed per cell "
+                "(<code>attacks.poison.seeds: 1</code>): no interval; the verdicts use the single-run rule "
+                f"(a ratio decides only beyond x1.5 run-to-run noise).{cost}</p>")
+
+    def maes(values: list[float | None], collapsed: list[bool]) -> str:
+        return " / ".join("collapsed" if c else _num(v, 0) for v, c in zip(values, collapsed or [False] * len(values)))
+
+    def ratio(e: PoisonEffect) -> str:
+        if e.ratio is None:
+            return e.note or "n/a"
+        point, low, high = (math.inf if v is None else v for v in e.ratio)  # JSON keeps an infinite end as null
+        if not math.isfinite(point):
+            return "collapsed in every seed" if not math.isfinite(low) else f"collapse in some seeds (95% CI from x{low:.2f})"
+        return f"x{point:.2f} [{low:.2f}-{high:.2f}]"
+
+    table = H.table(["rule", "attack", "level", "malicious", "seeds", "clean MAE per seed (HU)",
+                     "attacked MAE per seed (HU)", "ratio [95% CI]", "judged"],
+                    [(e.rule, e.attack, e.level, e.n_malicious, len(e.seeds), maes(e.clean_mae, []),
+                      maes(e.attacked_mae, e.collapsed), ratio(e), "yes" if e.judged else "shown")
+                     for e in replicated])
+    margin_rows = []
+    for attack, d in ((r.poison or {}).get("detection") or {}).items():
+        for lv, splits in (d.get("margin_by_seed") or {}).items():
+            for split, values in splits.items():
+                iv = mean_interval(values)
+                margin_rows.append((attack, lv, split, " / ".join(_num(v, 2) for v in values),
+                                    iv.text() if iv else "n/a"))
+    margins = ("<p class='small'>Detector margin (lowest attacker minus highest honest final score) per seed; "
+               "a level counts as separated from a margin of 0.5.</p>"
+               + H.table(["attack", "level", "malicious", "margin per seed", "mean [95% CI]"], margin_rows)
+               if margin_rows else "")
+    return intro + table + margins
+
+
 def _section_poison(r: ReportInputs) -> str:
     if not r.poison:
         return ""
@@ -221,8 +279,11 @@ def _section_poison(r: ReportInputs) -> str:
                 for a, d in det.items() for lv, auc in d["auc"].items()]
     figs = sorted((r.out_dir / "poison" / "summary").rglob("*.png"))
     return ("<h2>Poisoning and robust aggregation</h2>"
+            + "<p class='small'>The matrix's own runs (one training seed each); the replicated configurations "
+            "follow, paired by seed.</p>"
             + H.table(["rule", "attack", "level", "malicious", "status", "unseen MAE (HU)", "vs clean", "flagged",
-                       "note"], table_rows)
+                       "note"], [row for row, x in zip(table_rows, rows) if not x.get("replicate")])
+            + _poison_seeds(r, rows)
             + "<h3>Detector (server-side update monitor)</h3><p class='small'>AUC over finite scores only; a "
             "centre whose updates were NaN/Inf has no score and is left out. \"Stops separating at\" is read "
             "with the fewest malicious centres (an honest majority).</p>"
@@ -304,6 +365,8 @@ def write_report(config: Config, out_dir: Path, cells_planned: list[AuditCell], 
     r.poison = _guarded(errors, "poisoning summary", lambda: _poison_summary(out_dir, cells), None)
     r.threats, r.comps = _guarded(errors, "findings", lambda: summarise(cells, (r.poison or {}).get("detection")),
                                   ([], []))
+    r.effects = _guarded(errors, "paired poisoning effects",
+                         lambda: poison_effects(cells, (r.poison or {}).get("detection")), [])
     r.unusable = _guarded(errors, "cells without usable numbers", lambda: unusable_numbers(cells), [])
     html = []
     for name, build in SECTIONS:
@@ -318,7 +381,7 @@ def write_report(config: Config, out_dir: Path, cells_planned: list[AuditCell], 
             study_comparison=r.comps, quality=_guarded(errors, "quality table", lambda: quality(cells), {}),
             guarantees=(r.poison or {}).get("guarantees") or [], unusable=r.unusable,
             poison_summary=finite_json({k: v for k, v in (r.poison or {}).items() if k != "markdown"}),
-            section_errors=dict(errors), cells=cells).write(out_dir / "results.json")
+            poison_effects=r.effects, section_errors=dict(errors), cells=cells).write(out_dir / "results.json")
 
     _guarded(errors, "results.json", results, None)
     path = out_dir / "report.html"

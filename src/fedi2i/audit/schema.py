@@ -11,17 +11,21 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from fedi2i.audit.findings import Comparison, Threat
 from fedi2i.io import read_json, unreadable, write_text
 
 # 3: study findings carry the intervals that decided them, and may read "inconclusive".
-SCHEMA_VERSION = 3
+# 4: threat rows carry the intervals behind their verdict (which may span two levels, "medium to high");
+#    poisoning cells their training seed (replicates paired by seed), train cells per-patient unseen metrics,
+#    and results.json the paired poisoning effects. Version 3 files are read as they are (every new field
+#    has a default); older ones are refused.
+SCHEMA_VERSION = 4
+READABLE_VERSIONS = (3, 4)
 CellKind = Literal["train", "membership", "inversion", "poison"]
 Metrics = dict[str, float | None]
 
@@ -42,6 +46,51 @@ def finite_json(value: Any) -> Any:
         return str(value)
 
 
+@dataclass
+class Threat:
+    """A row of the security officer's table."""
+
+    threat: str
+    exposure: str
+    defence: str
+    with_defence: str
+    verdict: str  # high | medium | low | "<level> to <level>" (the interval spans both) | not measured
+    # the 95 % intervals behind the verdict, by part: [point, low, high]
+    intervals: dict[str, list[float | None]] = field(default_factory=dict)
+
+
+@dataclass
+class Comparison:
+    """A finding of the study beside ours."""
+
+    finding: str
+    study: str
+    ours: str
+    status: str  # reproduced | not reproduced | exceeded | inconclusive | not measured
+    # the 95 % intervals that decided the status, by part (centre, or attack and centre): [point, low, high]
+    intervals: dict[str, list[float | None]] = field(default_factory=dict)
+
+
+@dataclass
+class PoisonEffect:
+    """One attacked configuration of the poisoning matrix against its rule's clean runs, paired by seed:
+    the unseen-centre MAE of each arm per seed (None where collapsed, diverged or missing) and the ratio
+    attacked / clean with its 95 % interval over the seeds (None with fewer than 3 paired seeds)."""
+
+    rule: str
+    attack: str
+    level: str
+    n_malicious: int
+    rounds: int | None
+    seeds: list[int | None]
+    clean_mae: list[float | None]
+    attacked_mae: list[float | None]
+    collapsed: list[bool] = field(default_factory=list)  # per seed: the attacked run collapsed or diverged
+    ratio: list[float | None] | None = None  # [point, low, high]; an infinite end (collapse) is stored null
+    judged: bool = False  # a study finding reads it
+    note: str = ""  # why there is no interval, where there are enough seeds
+
+
 class CellResult(BaseModel):
     """A cell's result: the fields the audit reads are typed; the rest travels along untouched."""
 
@@ -58,6 +107,8 @@ class TrainResult(CellResult):
     dp: dict[str, Any] | bool | None = None  # False when the run had no DP
     train_seconds: float | None = None
     figures: list[str] = Field(default_factory=list)
+    # per centre, per unseen patient: the pairs behind an interval over patients (absent in older cells)
+    unseen_patients: dict[str, dict[str, Metrics]] | None = None
 
 
 class MembershipResult(CellResult):
@@ -86,7 +137,11 @@ class PoisonResult(CellResult):
     tolerates: int = 0
     n_clients: int | None = None
     status: Literal["done", "skipped"]
+    replicate: int = 0  # 0: the matrix's own run; 1, 2, ...: the same cell again with another training seed
+    seed: int | None = None  # the run's training seed (None in cells written before seeds were replicated)
+    rounds: int | None = None
     collapsed: bool = False
+    collapsed_round: int | None = None
     diverged: bool = False
     unseen_mean: Metrics = Field(default_factory=dict)
     detector: dict[str, Any] | None = None
@@ -125,6 +180,10 @@ class CellEntry(BaseModel):
     def to_dict(self) -> dict[str, Any]:
         return finite_json(self.model_dump(mode="python", exclude_none=True))
 
+    def typed(self) -> CellResult | None:
+        """The result as its kind's model (validated when the entry was), None for a failed cell."""
+        return None if self.result is None else RESULT_MODELS[self.kind].model_validate(self.result)
+
 
 class AuditResults(BaseModel):
     """results.json: the findings, the headline tables and every cell, under a schema version."""
@@ -143,13 +202,15 @@ class AuditResults(BaseModel):
     guarantees: list[dict[str, Any]] = Field(default_factory=list)
     unusable: list[dict[str, str]] = Field(default_factory=list)
     poison_summary: dict[str, Any] = Field(default_factory=dict)
+    poison_effects: list[PoisonEffect] = Field(default_factory=list)
     section_errors: dict[str, str] = Field(default_factory=dict)
     cells: dict[str, CellEntry]
 
     def to_dict(self) -> dict[str, Any]:
-        raw = self.model_dump(mode="python", exclude={"cells", "summary", "study_comparison"})
+        raw = self.model_dump(mode="python", exclude={"cells", "summary", "study_comparison", "poison_effects"})
         raw["summary"] = [asdict(t) for t in self.summary]
         raw["study_comparison"] = [asdict(c) for c in self.study_comparison]
+        raw["poison_effects"] = [asdict(e) for e in self.poison_effects]
         raw["cells"] = {k: c.to_dict() for k, c in self.cells.items()}
         return finite_json(raw)
 
@@ -174,12 +235,15 @@ def load_cell(path: Path) -> CellEntry:
 
 
 def load_results(path: Path) -> AuditResults:
-    """results.json, validated; another schema version or a corrupt file is a ``RunStateError`` naming it."""
+    """results.json, validated; a version this fedi2i cannot read or a corrupt file is a ``RunStateError``
+    naming it. A version 3 file is read as it is: what version 4 added takes its default (no intervals on
+    threat rows, no paired poisoning effects)."""
     hint = "re-run `fedi2i audit` on its folder to rewrite it (finished cells are reused)"
     raw = read_json(path, hint=hint)
     version = raw.get("schema_version", 1) if isinstance(raw, dict) else None
-    if version != SCHEMA_VERSION:
-        raise unreadable(path, f"schema version {version}, this fedi2i reads version {SCHEMA_VERSION}", hint)
+    if version not in READABLE_VERSIONS:
+        raise unreadable(path, f"schema version {version}, this fedi2i reads versions "
+                               f"{', '.join(map(str, READABLE_VERSIONS))}", hint)
     try:
         return AuditResults.model_validate(raw)
     except ValidationError as exc:

@@ -4,6 +4,13 @@ A cell is one federated training run with some centres malicious, aggregated by 
 the detector, then evaluated on every centre's test patients and on the unseen centre. Cells are
 independent and each writes its result JSON atomically last, so an interrupted matrix resumes by
 skipping the cells whose JSON exists and was made with the same settings (its fingerprint).
+
+Replicates: the cells the verdicts read run again with other training seeds (``seeds``, ``replicate`` in
+the settings). Replicate ``r`` of every cell trains with the same seed, ``replicate_seed(config.seed, r)``
+(model initialisation, batch order, augmentation, update noise), and draws its data noise from
+``replicate_seed(settings.seed, r)``; replicate 0 is the matrix's own run with the config's seeds. So the
+clean and attacked runs of one seed differ by the attack alone, and they pair by seed. The test patients
+are the same in every replicate (the data split is the audit's, not the seed's).
 """
 
 from __future__ import annotations
@@ -13,13 +20,14 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from fedi2i.attacks.poisoning.attacks import attack_options, select_malicious
 from fedi2i.attacks.poisoning.detector import UpdateDetector, weight_mask
 from fedi2i.attacks.poisoning.settings import PoisonSettings, RuleParams, load_poison_settings
+from fedi2i.attacks.poisoning.summary import majority_attack, stealth_attack
 from fedi2i.config import Config, config_from_dict
 from fedi2i.data.federation import FederatedData, load_federation
 from fedi2i.errors import AggregationError, ConfigError
@@ -27,9 +35,17 @@ from fedi2i.fl.round_loop import RoundCallback, RoundEntry
 from fedi2i.io import write_json
 from fedi2i.fl.strategies import build_rule
 from fedi2i.models import build_unet
+from fedi2i.seeding import hash_seed
 from fedi2i.training import RunOptions, train
 
 METRICS = ("mae", "psnr", "ssim")
+JUDGED_RULES = ("fedavg", "fedmedian")  # the rules the study's poisoning findings read
+REPLICATE_STREAM = 7919  # keeps replicate seeds apart from every other seed derived from the same base
+
+
+def replicate_seed(seed: int, replicate: int) -> int:
+    """The seed of replicate ``replicate``: the base seed itself for replicate 0, derived for the others."""
+    return seed if replicate == 0 else hash_seed(seed, REPLICATE_STREAM, replicate)
 
 
 @dataclass(frozen=True)
@@ -45,13 +61,22 @@ class PoisonCell:
     federation: dict[str, Any] = field(default_factory=dict)  # config.federation keys of this rule
     tolerates: int = 0  # malicious centres the rule is proven to withstand with this many clients
     skip_reason: str | None = None
+    replicate: int = 0  # 0: the matrix's own run; r > 0: the same cell with the seeds of replicate r
+    seed: int | None = None  # training seed (config.seed for replicate 0); None: the config's
+    attack_seed: int | None = None  # seed of the data noise; None: attacks.poison.seed
 
     @property
     def key(self) -> str:
-        """Stable file-name-safe identifier, e.g. ``fedmedian__data_noise__high__m2``."""
-        if self.attack == "none":
-            return f"{self.rule}__baseline"
-        return f"{self.rule}__{self.attack}__{self.level}__m{self.n_malicious}"
+        """Stable file-name-safe identifier, e.g. ``fedmedian__data_noise__high__m2`` (``...__r1`` for the
+        first replicate with another seed)."""
+        base = (f"{self.rule}__baseline" if self.attack == "none"
+                else f"{self.rule}__{self.attack}__{self.level}__m{self.n_malicious}")
+        return base if self.replicate == 0 else f"{base}__r{self.replicate}"
+
+    @property
+    def config_key(self) -> tuple[str, str, str, int]:
+        """What the cell runs, whatever its seed: (rule, attack, level, n_malicious)."""
+        return self.rule, self.attack, self.level, self.n_malicious
 
     @property
     def is_baseline(self) -> bool:
@@ -106,9 +131,37 @@ def clients_per_round(config: Config) -> int:
     return min(config.federation.clients_per_round or n_train, n_train)
 
 
+def deciding_cells(settings: PoisonSettings, per_round: int) -> set[tuple[str, str, str, int]]:
+    """(rule, attack, level, n_malicious) of the attacked cells the study's verdicts read, for FedAvg and
+    FedMedian: every attack at its highest level with each malicious minority ("FedAvg inoperative",
+    "FedMedian restores"; a majority attack voids the median's guarantee and judges nothing), and the
+    stealth attack at its lowest level with the fewest malicious centres ("low noise is stealthy": the
+    detector's margin there)."""
+    minority = [n for n in sorted(settings.n_malicious) if not majority_attack(n, per_round)]
+    out: set[tuple[str, str, str, int]] = set()
+    for rule in (r for r in settings.rules if r in JUDGED_RULES):
+        out |= {(rule, attack, settings.levels[-1], n) for attack in settings.attacks for n in minority}
+        if minority:
+            out.add((rule, stealth_attack(settings.attacks), settings.levels[0], minority[0]))
+    return out
+
+
+def replicated(cells: list[PoisonCell], settings: PoisonSettings, per_round: int) -> list[PoisonCell]:
+    """The cells of replicate 0 that run again with other seeds: all of them, or the deciding ones with
+    their rules' baselines (their clean pairs); never a cell its rule cannot run."""
+    if settings.seeds <= 1:
+        return []
+    if settings.replicate == "all":
+        return [c for c in cells if c.skip_reason is None]
+    chosen = deciding_cells(settings, per_round)
+    rules = {c.rule for c in cells if c.config_key in chosen}
+    return [c for c in cells if c.skip_reason is None and (c.config_key in chosen or (c.is_baseline and c.rule in rules))]
+
+
 def plan_poison(config: Config, settings: PoisonSettings | None = None,
                 data: FederatedData | None = None) -> list[PoisonCell]:
-    """Every cell of the matrix in run order: per rule, its baseline, then attack x level x n_malicious.
+    """Every cell of the matrix in run order: per rule, its baseline, then attack x level x n_malicious; then
+    the replicates with the other seeds (``replicated``), one seed after the other.
 
     ``data`` is only needed (and loaded from the config when missing) to rank centres by size for
     ``malicious: largest|smallest``. Cells a rule cannot run carry a ``skip_reason`` instead of failing.
@@ -130,6 +183,11 @@ def plan_poison(config: Config, settings: PoisonSettings | None = None,
                 for n in settings.n_malicious:
                     cells.append(PoisonCell(attack, level, n, rule, chosen[n], settings.strength(attack, level),
                                             fed, tolerates, skip))
+    cells = [replace(c, seed=config.seed, attack_seed=settings.seed) for c in cells]
+    again = replicated(cells, settings, per_round)
+    for r in range(1, settings.seeds):
+        cells += [replace(c, replicate=r, seed=replicate_seed(config.seed, r),
+                          attack_seed=replicate_seed(settings.seed, r)) for c in again]
     return cells
 
 
@@ -140,6 +198,8 @@ def cell_config(config: Config, settings: PoisonSettings, cell: PoisonCell) -> C
     """
     raw = config.model_dump(mode="json")
     raw["name"] = f"{config.name}-poison-{cell.key}"
+    if cell.seed is not None:
+        raw["seed"] = cell.seed
     raw["federation"].update(cell.federation)
     raw["federation"]["record_rounds"] = "none"
     raw["secagg"]["enabled"] = False
@@ -199,7 +259,8 @@ def run_poison_cell(config: Config, data: FederatedData, cell: PoisonCell, out_d
 def _train_cell(config: Config, data: FederatedData, cell: PoisonCell, out_dir: Path,
                 settings: PoisonSettings, on_round: RoundCallback | None) -> dict[str, Any]:
     cfg = cell_config(config, settings, cell)
-    data_t, update_t = attack_options(cell.attack, cell.strength, cell.malicious, settings.seed, settings.clip_ct)
+    attack_seed = settings.seed if cell.attack_seed is None else cell.attack_seed
+    data_t, update_t = attack_options(cell.attack, cell.strength, cell.malicious, attack_seed, settings.clip_ct)
     mask = weight_mask(build_unet(cfg.model)) if settings.detector.weights_only else None
     detector = UpdateDetector(settings.detector, include=mask)
     run_dir = cell_dir(out_dir, cell)
@@ -260,7 +321,12 @@ def cell_fingerprint(config: Config, settings: PoisonSettings, cell: PoisonCell)
         cfg.pop(unused, None)
     if not cfg["dp"]["enabled"]:
         cfg["dp"] = {"enabled": False}
-    payload = {"cell": cell.as_dict(), "config": cfg, "seed": settings.seed, "clip_ct": settings.clip_ct,
+    described = cell.as_dict()
+    if cell.replicate == 0:  # the matrix's own run keeps the fingerprint it had before seeds were replicated
+        for key in ("replicate", "seed", "attack_seed"):
+            described.pop(key)
+    attack_seed = settings.seed if cell.attack_seed is None else cell.attack_seed
+    payload = {"cell": described, "config": cfg, "seed": attack_seed, "clip_ct": settings.clip_ct,
                "detector": settings.detector.model_dump()}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

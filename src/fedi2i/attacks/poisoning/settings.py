@@ -63,9 +63,19 @@ class DetectorSettings(_Strict):
 
 
 class PoisonSettings(_Strict):
-    """The poisoning matrix: attacks x levels x number of malicious centres x aggregation rules."""
+    """The poisoning matrix: attacks x levels x number of malicious centres x aggregation rules.
+
+    ``seeds``: every replicated cell runs once per training seed (the matrix's own run, then ``seeds - 1``
+    more), clean and attacked runs paired by seed, so a study verdict reads a 95 % interval over seeds.
+    ``replicate``: which cells: ``deciding`` (the cells the verdicts read: each rule's no-attack baseline,
+    every attack at its highest level with a malicious minority, and the stealth attack at its lowest level
+    with the fewest malicious centres, for FedAvg and FedMedian) or ``all``. ``seeds: 1`` runs the matrix
+    once, and the verdicts fall back to a conservative single-run rule.
+    """
 
     seed: int = Field(0, ge=0)
+    seeds: int = Field(3, ge=1)
+    replicate: Literal["deciding", "all"] = "deciding"
     attacks: list[AttackName] = Field(default_factory=lambda: ["data_noise"])
     levels: list[str] = Field(default_factory=lambda: ["low", "medium", "high"])
     n_malicious: list[int] = Field(default_factory=lambda: [1, 2])

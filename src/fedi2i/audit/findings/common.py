@@ -1,16 +1,25 @@
-"""What every part of the findings shares: the study's figures, the two row types, and how an interval decides.
+"""What every part of the findings shares: the study's figures, the two row types, how cells are read, and
+how an interval decides.
 
 A study status is read from a 95 % interval where the cells carry one; an undecided status reads
-"inconclusive". A finding whose cells failed or did not run says "not measured".
+"inconclusive". A threat verdict (high / medium / low) is read from the interval too: where the interval
+spans two levels, the verdict names both ("medium to high"). A finding whose cells failed or did not run
+says "not measured".
+
+Cells arrive as the stored dicts (``CellStore.all``); ``typed_results`` reads them through the models of
+``fedi2i.audit.schema``, so a field that changes name fails there, not as a ``KeyError`` in a finding.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from fedi2i.audit.intervals import Interval, Status, joint_status, status_from_interval
+from fedi2i.audit.schema import CellEntry, CellResult, Comparison, Threat
+
+R = TypeVar("R", bound=CellResult)
 
 # The study's findings (J Med Syst 2026;50:108), as stated in its abstract.
 STUDY = {
@@ -27,35 +36,52 @@ SINGLE_RUN_NOISE = 1.5
 CONFOUND = ("mostly the centre confound: other centres' slices are told apart by their scanner, "
             "membership aside")
 LEVEL_ORDER = ("none", "low", "medium", "high")
+VERDICT_ORDER = ("low", "medium", "high")
 
-
-@dataclass
-class Threat:
-    threat: str
-    exposure: str
-    defence: str
-    with_defence: str
-    verdict: str  # high | medium | low | not measured
-
-
-@dataclass
-class Comparison:
-    finding: str
-    study: str
-    ours: str
-    status: str  # reproduced | not reproduced | exceeded | inconclusive | not measured
-    # the 95 % intervals that decided the status, by part (centre, or attack and centre): [point, low, high]
-    intervals: dict[str, list[float | None]] = field(default_factory=dict)
+__all__ = ["CHANCE_AUC", "CONFOUND", "Comparison", "FEDMIA_METHODS", "LEVEL_ORDER", "SINGLE_RUN_NOISE", "STUDY",
+           "Threat", "finite", "fmt", "interval_status", "level", "level_of_interval", "ok_results", "parts_dict",
+           "parts_text", "signed", "typed_results", "verdict_range"]
 
 
 def ok_results(cells: dict[str, dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
     return {k: v["result"] for k, v in cells.items() if v.get("kind") == kind and v.get("status") == "ok"}
 
 
+def typed_results(cells: dict[str, dict[str, Any]] | dict[str, CellEntry], kind: str, model: type[R]) -> dict[str, R]:
+    """The finished cells of one kind, each result read through its schema model (``TrainResult``, ...)."""
+    out: dict[str, R] = {}
+    for key, raw in cells.items():
+        entry = raw if isinstance(raw, CellEntry) else CellEntry.model_validate({"key": key, "title": key, **raw})
+        if entry.kind == kind and entry.status == "ok":
+            result = entry.typed()
+            assert isinstance(result, model), f"{key}: a {kind} cell read as {type(result).__name__}"
+            out[key] = result
+    return out
+
+
 def level(value: float | None, high: float, medium: float) -> str:
     if value is None:
         return "not measured"
     return "high" if value >= high else "medium" if value >= medium else "low"
+
+
+def verdict_range(low_end: str, high_end: str) -> str:
+    """One verdict from the levels at the two ends of an interval: the level itself where they agree, else
+    both ("medium to high"), lower first."""
+    if "not measured" in (low_end, high_end):
+        return "not measured"
+    a, b = sorted((low_end, high_end), key=VERDICT_ORDER.index)
+    return a if a == b else f"{a} to {b}"
+
+
+def level_of_interval(interval: Interval | None, high: float, medium: float,
+                      at: Callable[[float], str] | None = None) -> str:
+    """The exposure level of an interval: ``level`` at each end (or ``at``, any level that rises with the
+    number), one level where both ends agree, both where they do not."""
+    if interval is None:
+        return "not measured"
+    read = at or (lambda v: level(v, high, medium))
+    return verdict_range(read(interval.low), read(interval.high))
 
 
 def finite(value: Any) -> bool:

@@ -1,6 +1,7 @@
 """The Flower ClientApp: a hospital's side of a fedi2i round, run on its SuperNode.
 
-Each message runs in a fresh process (Flower's default isolation), so everything a stage needs comes
+Each message runs in its own process (Flower's default isolation; on a local federation forked from a
+pre-started interpreter, :mod:`fedi2i.fl.flower.prestart`), so everything a stage needs comes
 from the message, the node config (which centre, where its data is) and the node-local
 ``Context.state`` (the SecAgg client's secrets and the update waiting to be masked). The work itself is
 done by the same objects the in-process engine drives: :class:`fedi2i.fl.client.LocalTrainer` for local
@@ -153,6 +154,44 @@ def _round(msg: Message) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ training and evaluation (import torch)
+def preload_task_modules() -> None:
+    """Import what the training and evaluation stages import lazily (torch, MONAI's U-Net, fedi2i's
+    trainer, node data and evaluation): called once by the pre-started ClientApp interpreter
+    (:mod:`fedi2i.fl.flower.prestart`) so that its forked tasks do not import them again."""
+    import torch  # noqa: F401
+    from monai.networks.nets import UNet  # noqa: F401
+
+    import fedi2i.evaluate  # noqa: F401
+    import fedi2i.fl.client  # noqa: F401
+    import fedi2i.fl.flower.nodedata  # noqa: F401
+    import fedi2i.fl.params  # noqa: F401
+
+
+def warm_up_training() -> None:
+    """One local step of a small U-Net on random slices, on one torch thread, in the pre-started
+    interpreter: torch's first training step pays about 1.2 CPU-seconds of one-off set-up (lazy imports
+    of the optimiser and autograd machinery, kernel selection), whatever the model's size, which its
+    forked tasks then do not pay again. Afterwards torch's thread count is back at its default, so a
+    forked task starts with the threads a fresh process would (no thread pool was started: forking after
+    a multi-threaded torch operation can deadlock); the fork server gives each task fresh random seeds."""
+    import torch
+
+    from fedi2i.config import ModelConfig, TrainConfig
+    from fedi2i.data.slices import SliceSet
+    from fedi2i.fl.client import LocalTrainer
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    n, size = 4, 32
+    gen = torch.Generator().manual_seed(0)
+    images = [torch.rand(n, 1, size, size, generator=gen) for _ in range(2)]
+    slices = SliceSet(images[0], images[1], torch.ones(n, 1, size, size), ["warm-up"] * n, torch.arange(n))
+    trainer = LocalTrainer("warm-up", slices, ModelConfig(channels=[8, 16], norm="group"), TrainConfig(batch_size=2),
+                           seed=0)
+    trainer.fit(trainer.spec.flatten(trainer.model.state_dict()), 0, epochs=1)
+    torch.set_num_threads(threads)
+
+
 def _node_torch(context: Context, timer: _Timer) -> tuple[NodeSettings, Config]:
     """Node settings and run config, with torch imported and its threads set (training/evaluation stages)."""
     import torch
@@ -359,4 +398,4 @@ def evaluate_val(msg: Message, context: Context) -> Message:
                   timer)
 
 
-__all__ = ["NodeSettings", "app", "run_config_of"]
+__all__ = ["NodeSettings", "app", "preload_task_modules", "run_config_of", "warm_up_training"]

@@ -10,7 +10,9 @@ Public API (no Flower import needed for the first three):
   reads from ``$FLWR_HOME``.
 - :func:`superlink_command` / :func:`supernode_command`: the commands a server and a hospital run.
 - :class:`LocalFederation`: starts those commands on 127.0.0.1 with free ports, runs an app with
-  ``flwr run``, and stops every process it started (by PID, children included), also on errors.
+  ``flwr run``, and stops every process it started (by PID, children included), also on errors. By
+  default its SuperNodes fork their ClientApp tasks from one pre-started interpreter
+  (:mod:`fedi2i.fl.flower.prestart`) instead of starting and importing a fresh one per message.
 - :func:`run_local`: all of the above for one config; returns the run folder's results.
 """
 
@@ -224,6 +226,15 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def process_cpu(pid: int) -> float | None:
+    """User + system CPU-seconds of a live process (Linux /proc), without its children; None elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def stop_processes(pids: list[int], grace: float = 5.0) -> None:
     """SIGTERM each PID, wait up to ``grace`` seconds, SIGKILL what is left."""
     for pid in pids:
@@ -263,6 +274,7 @@ class LocalFederation:
     workdir: Path
     host: str = "127.0.0.1"
     superexec_poll: float = 0.25
+    prestart: bool = True
     port: int = 0
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     _seen: set[int] = field(default_factory=set)
@@ -273,6 +285,11 @@ class LocalFederation:
         (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
         self.flwr_home = self.workdir / "flwr-home"
         self.flwr_home.mkdir(parents=True, exist_ok=True)
+        self.bin_dir = self.workdir / "bin"
+        self.socket_path = self.workdir / "clientapp.sock"
+        if len(str(self.socket_path)) > 100:  # AF_UNIX paths are limited to about 108 bytes
+            self.socket_path = Path(tempfile.mkdtemp(prefix="fedi2i-")) / "clientapp.sock"
+        self.prestart_cpu_s: float | None = None
 
     @property
     def address(self) -> str:
@@ -284,6 +301,8 @@ class LocalFederation:
         env.update({"FLWR_HOME": str(self.flwr_home), "FLWR_TELEMETRY_ENABLED": "0",
                     "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": str(self.superexec_poll),
                     "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"})
+        if self.prestart:  # the SuperExec finds the forking flwr-clientapp launcher first
+            env["PATH"] = f"{self.bin_dir}{os.pathsep}{env['PATH']}"
         return env
 
     def _spawn(self, name: str, cmd: list[str]) -> subprocess.Popen:
@@ -306,6 +325,8 @@ class LocalFederation:
             keys = self.workdir / "identity"
             if not (keys / KEYS_FILE).exists():
                 write_identities(keys, sorted(self.centres))
+            if self.prestart:
+                self._start_prestart(timeout)
             link = self._spawn("superlink", superlink_command(self.host, self.port, insecure=True))
             self._wait_ready(link, timeout)
             for centre, data in sorted(self.centres.items()):
@@ -316,6 +337,29 @@ class LocalFederation:
             self.stop()
             raise
         return self
+
+    def _start_prestart(self, timeout: float) -> None:
+        """Start the pre-started ClientApp interpreter and write the launcher the SuperNodes run; wait
+        until it has imported everything (its start-up CPU-seconds are kept in ``prestart_cpu_s``)."""
+        from fedi2i.fl.flower.prestart import write_launcher
+
+        ready = self.workdir / "logs" / "prestart-ready.json"
+        ready.unlink(missing_ok=True)
+        write_launcher(self.bin_dir, self.socket_path)
+        proc = self._spawn("prestart", [sys.executable, "-m", "fedi2i.fl.flower.prestart", str(self.socket_path),
+                                        "--ready", str(ready)])
+        deadline = time.monotonic() + timeout
+        while not ready.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise FlowerRunError(f"the pre-started ClientApp interpreter did not start; see "
+                                     f"{self.workdir / 'logs' / 'prestart.log'}")
+            time.sleep(0.1)
+        self.prestart_cpu_s = float(json.loads(ready.read_text())["preload_cpu_s"])
+
+    def prestart_cpu(self) -> float | None:
+        """CPU-seconds the pre-started interpreter has used so far (imports, then forking), or None."""
+        proc = self.processes.get("prestart")
+        return process_cpu(proc.pid) if proc is not None and proc.poll() is None else None
 
     def _wait_ready(self, link: subprocess.Popen, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -408,11 +452,13 @@ class LocalRunResult:
     history: list[dict[str, Any]]
     flower: FlowerRun
     startup_seconds: float
+    prestart_cpu_s: float | None = None  # the pre-started ClientApp interpreter's own CPU-s (None: not used)
 
 
 def run_local(config: Config, run_dir: Path, *, data_root: Path | None = None, workdir: Path | None = None,
-              timeout: float = 900.0, **app_options: Any) -> LocalRunResult:
-    """Start a loopback federation for ``config.data.train_centres``, run the app once, stop everything."""
+              timeout: float = 900.0, prestart: bool = True, **app_options: Any) -> LocalRunResult:
+    """Start a loopback federation for ``config.data.train_centres``, run the app once, stop everything
+    (``prestart``: fork the ClientApp tasks from a pre-started interpreter)."""
     from fedi2i.data.federation import resolve_root
     from fedi2i.fl.flower.rounds import read_json
     from fedi2i.fl.round_loop import load_global
@@ -422,7 +468,9 @@ def run_local(config: Config, run_dir: Path, *, data_root: Path | None = None, w
     run_dir = Path(run_dir).resolve()
     app_dir = write_app(workdir / "app", config, run_dir, **app_options)
     start = time.perf_counter()
-    with LocalFederation({c: root for c in config.data.train_centres}, workdir) as federation:
+    with LocalFederation({c: root for c in config.data.train_centres}, workdir, prestart=prestart) as federation:
         startup = time.perf_counter() - start
         result = federation.run(app_dir, timeout=timeout)
-    return LocalRunResult(run_dir, load_global(run_dir), read_json(run_dir / "history.json"), result, startup)
+        prestart_cpu = federation.prestart_cpu()
+    return LocalRunResult(run_dir, load_global(run_dir), read_json(run_dir / "history.json"), result, startup,
+                          prestart_cpu)
