@@ -9,12 +9,24 @@ Train and attack share a cell: nothing else reads the smaller run. The full fede
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any, Protocol
 
 from fedi2i.audit.plan import AuditCell
+from fedi2i.config import Config
+from fedi2i.data.federation import FederatedData
 
-if TYPE_CHECKING:
-    from fedi2i.audit.cells import AuditContext
+
+class Context(Protocol):
+    """What the cells need of the audit's context (``fedi2i.audit.cells.AuditContext``)."""
+
+    config: Config
+    out_dir: Path
+
+    @property
+    def data(self) -> FederatedData: ...
+
+    def run_config(self, defence: str) -> Config: ...
 
 SIZE_PREFIX = "membership/size-"
 
@@ -23,7 +35,7 @@ def size_key(n: int) -> str:
     return f"{SIZE_PREFIX}{n}"
 
 
-def exposure_cells(ctx: "AuditContext") -> list[AuditCell]:
+def exposure_cells(ctx: Context) -> list[AuditCell]:
     """One cell per federation size of the curve (none when ``exposure_sizes`` is empty)."""
     from fedi2i.attacks.membership.settings import settings_from_config
 
@@ -33,7 +45,7 @@ def exposure_cells(ctx: "AuditContext") -> list[AuditCell]:
             for n in sorted(set(settings.exposure_sizes))]
 
 
-def _size_action(ctx: "AuditContext", n: int):
+def _size_action(ctx: Context, n: int):
     def action() -> dict[str, Any]:
         from fedi2i.attacks.membership.exposure import CURVE_METHODS
         from fedi2i.attacks.membership.run import run_membership

@@ -337,7 +337,7 @@ SECTIONS: list[tuple[str, Callable[[ReportInputs], str]]] = [
     ("study comparison", _section_study),
     ("synthesis quality", _section_quality),
     ("membership inference", _section_membership),
-    ("membership exposure", lambda r: report_membership.section(r)),
+    ("membership exposure", lambda r: report_membership.section(r.cells, r.out_dir)),
     ("gradient inversion", _section_inversion),
     ("poisoning", _section_poison),
     ("honest-majority assumptions", _section_guarantees),

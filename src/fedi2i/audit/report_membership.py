@@ -8,15 +8,12 @@ The curves are drawn from the membership cells' stored points (``exposure_round`
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fedi2i.audit import html as H
 from fedi2i.audit.exposure_plan import SIZE_PREFIX
 from fedi2i.audit.findings.common import ok_results
 from fedi2i.audit.findings.membership import secagg_statement
-
-if TYPE_CHECKING:
-    from fedi2i.audit.report import ReportInputs
 
 ATTACKS = ("fedmia-loss", "loss-global")
 
@@ -86,15 +83,16 @@ def _curve_block(curves: dict[str, list[dict[str, Any]]], x_key: str, x_label: s
     return H.figure(path, caption) + H.table([x_label, *curves], rows)
 
 
-def section(r: "ReportInputs") -> str:
-    membership = ok_results(r.cells, "membership")
+def section(cells: dict[str, dict[str, Any]], out_dir: Path) -> str:
+    """The section's HTML from the stored cells; its figures are written under ``out_dir/membership``."""
+    membership = ok_results(cells, "membership")
     if not membership:
         return ""
     parts = ["<h2>Membership exposure</h2>", _nonmembers_text(membership)]
-    statement = secagg_statement(r.cells)
+    statement = secagg_statement(cells)
     if statement:
         parts.append(f"<p><b>What secure aggregation does not protect.</b> {H.esc(statement)}</p>")
-    out = r.out_dir / "membership"
+    out = out_dir / "membership"
     rounds = round_curves(membership)
     if rounds:
         parts.append("<h3>Against the training round</h3><p>Same-centre AUC of each recorded round on its own "
