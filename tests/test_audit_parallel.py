@@ -41,3 +41,19 @@ def test_two_workers_write_the_same_results_as_one(phantom_root: Path, tmp_path:
     assert serial["cells_ok"] == serial["cells_planned"] == 3  # the inversion ran after its training run
     assert "inversion/dlg-b1-s1-trained-none" in serial["cells"]
     assert parallel == serial
+
+
+def test_cells_heading_the_longest_chain_are_handed_out_first() -> None:
+    from fedi2i.audit.plan import AuditCell
+    from fedi2i.audit.run import critical_order
+
+    cells = [AuditCell("train/centralised", "train", "c"), AuditCell("train/fedavg-none", "train", "n"),
+             AuditCell("poison/a", "poison", "p")]
+    cells += [AuditCell(f"inversion/{i}", "inversion", "i", needs=["train/fedavg-none"]) for i in range(3)]
+    cells.append(AuditCell("inversion/later", "inversion", "i", after=["inversion/0"]))
+    order = [c.key for c in critical_order(cells)]
+    # the run the attacks read goes first, then the other training run, then the rest by chain length
+    assert order[:2] == ["train/fedavg-none", "train/centralised"]
+    assert order.index("inversion/0") < order.index("inversion/1")  # longer chain (one cell waits on it)
+    # a resumed audit orders by the seconds its own cells took
+    assert [c.key for c in critical_order(cells, {"poison/a": 1e4})][0] == "poison/a"
