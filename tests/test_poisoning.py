@@ -143,7 +143,7 @@ def test_rule_resolution_for_four_centres() -> None:
 
 def test_plan_is_complete_and_stable(tiny_config: Config, tiny_data) -> None:
     cfg = _with_poison(tiny_config, rules=["fedavg", "bulyan"], attacks=["data_noise", "scale"])
-    cells = plan_poison(cfg, data=tiny_data)
+    cells = [c for c in plan_poison(cfg, data=tiny_data) if c.replicate == 0]
     assert len(cells) == 2 * (1 + 2 * 3 * 2)
     keys = [c.key for c in cells]
     assert len(set(keys)) == len(keys) and "fedavg__baseline" in keys and "bulyan__scale__high__m2" in keys
@@ -151,7 +151,22 @@ def test_plan_is_complete_and_stable(tiny_config: Config, tiny_data) -> None:
     assert all(c.malicious[0] == largest for c in cells if c.n_malicious)
     assert all(c.skip_reason for c in cells if c.rule == "bulyan")
     assert all(c.skip_reason is None for c in cells if c.rule == "fedavg")
-    assert [c.key for c in plan_poison(cfg, data=tiny_data)] == keys
+    assert [c.key for c in plan_poison(cfg, data=tiny_data)][:len(keys)] == keys
+
+
+def test_replicates_cover_what_the_verdicts_read(tiny_config: Config, tiny_data) -> None:
+    """Default 3 seeds, ``deciding``: FedAvg's and FedMedian's baselines, each attack at its highest level with
+    a malicious minority (1 of 4; 2 of 4 is a majority attack) and data noise at its lowest level with 1
+    malicious centre run twice more; a rule that cannot run (Bulyan with 4 clients) is never replicated."""
+    cfg = _with_poison(tiny_config, rules=["fedavg", "fedmedian", "bulyan"], attacks=["data_noise", "scale"])
+    cells = plan_poison(cfg, data=tiny_data)
+    again = {c.key.removesuffix("__r1") for c in cells if c.replicate == 1}
+    assert again == {f"{rule}__{name}" for rule in ("fedavg", "fedmedian") for name in
+                     ("baseline", "data_noise__high__m1", "scale__high__m1", "data_noise__low__m1")}
+    assert {c.key.removesuffix("__r2") for c in cells if c.replicate == 2} == again
+    everything = plan_poison(_with_poison(tiny_config, rules=["fedavg"], replicate="all"), data=tiny_data)
+    assert len(everything) == 3 * (1 + 3 * 2)
+    assert len(plan_poison(_with_poison(tiny_config, rules=["fedavg"], seeds=1), data=tiny_data)) == 1 + 3 * 2
 
 
 def _fake(attack: str, level: str, malicious: list[str], scores: dict[str, list[float]]) -> dict:
