@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from fedi2i.attacks.inversion.judge import SEARCH_LIMITED
 from fedi2i.audit.run import run_audit
 from fedi2i.audit.schema import SCHEMA_VERSION, AuditResults, load_results
 from fedi2i.config import Config, load_config
@@ -79,7 +80,8 @@ def _check_schema(results: AuditResults) -> None:
     assert results.schema_version == SCHEMA_VERSION
     assert results.cells_ok == results.cells_planned == len(results.cells)
     assert results.section_errors == {} and results.unusable == []
-    assert {t.verdict for t in results.summary} <= {"high", "medium", "low", "not measured"}
+    ranges = {"low to medium", "low to high", "medium to high"}  # an interval that spans two levels
+    assert {t.verdict for t in results.summary} <= {"high", "medium", "low", "not measured", SEARCH_LIMITED, *ranges}
     assert {c.status for c in results.study_comparison} <= {"reproduced", "not reproduced", "exceeded",
                                                             "inconclusive", "not measured"}
     assert results.versions["torch"].startswith("2.13.0")

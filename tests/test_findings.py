@@ -1,5 +1,5 @@
-"""The audit's verdicts read the right quantity: SSIM over an empty image, the detector's margin, the MAE
-ratio of runs paired by seed, the SecAgg ratio over the same patients; and they read it from its interval."""
+"""The audit's verdicts read the right quantity: the detector's margin, the MAE ratio of runs paired by seed, the
+SecAgg ratio over the same patients; and they read it from its interval (inversion: test_inversion_judged.py)."""
 
 from __future__ import annotations
 
@@ -7,19 +7,13 @@ from typing import Any
 
 import pytest
 
-from fedi2i.audit.findings import inversion_margin, poison_effects, summarise
-from fedi2i.audit.schema import CellEntry, CellResult, InversionResult, PoisonResult, TrainResult
+from fedi2i.audit.findings import poison_effects, summarise
+from fedi2i.audit.schema import CellEntry, CellResult, PoisonResult, TrainResult
 
 
 def _cell(key: str, kind: str, result: CellResult) -> dict[str, Any]:
     """A stored cell built through the audit's schema, so these fixtures break when the schema changes."""
     return CellEntry(key=key, kind=kind, title=key, status="ok", result=result.to_dict()).to_dict()
-
-
-def _inversion(key: str, method: str, mri: float, ct: float, empty: tuple[float, float]) -> dict[str, Any]:
-    return _cell(f"inversion/{key}", "inversion", InversionResult(
-        key=key, method=method, batch=1, defence="none", mri_ssim=mri, mri_psnr=9.0, ct_ssim=ct, ct_psnr=9.0,
-        background={"mri_ssim": empty[0], "ct_ssim": empty[1]}))
 
 
 def _comparison(comps: list, finding: str):
@@ -28,20 +22,6 @@ def _comparison(comps: list, finding: str):
 
 def _threat(threats: list, name: str):
     return next(t for t in threats if t.threat.startswith(name))
-
-
-def test_inversion_verdict_discounts_the_empty_image_level() -> None:
-    # raw CT SSIM 0.72 but an all-background image already scores 0.80: no anatomy recovered
-    air = {"inversion/a": _inversion("a", "i2i", 0.30, 0.72, (0.35, 0.80)),
-           "inversion/b": _inversion("b", "dlg", 0.01, 0.00, (0.35, 0.80))}
-    _, comps = summarise(air)
-    assert _comparison(comps, "Stronger inversion").status == "reproduced"
-    # the same raw score over a dark background (empty image 0.10) is a real reconstruction
-    leak = {**air, "inversion/c": _inversion("c", "i2i", 0.30, 0.72, (0.05, 0.10))}
-    threats, comps = summarise(leak)
-    assert _comparison(comps, "Stronger inversion").status == "exceeded"
-    assert abs(inversion_margin(leak["inversion/c"]["result"]) - 0.62) < 1e-9
-    assert "+0.62 SSIM over an empty image" in _threat(threats, "Gradient inversion").exposure
 
 
 def _poison(rule: str, attack: str, level: str, mae: float | None, n: int = 0, *, n_clients: int | None = None,

@@ -88,21 +88,30 @@ def test_hungarian_matching_undoes_a_permutation() -> None:
     assert noisy["mri_ssim"] < 0.5 and len(noisy["assignment"]) == 4  # best 4 of 6 reconstructions
 
 
-def test_table_states_the_verdict_on_the_study_bound(tmp_path: Path) -> None:
-    def row(method: str, ssim: float, defence: str = "none") -> dict:
-        return {"method": method, "batch": 1, "steps": 1, "stage": "early", "client": "A", "defence": defence,
-                "noise_multiplier": 0.3 if defence == "dp" else None, "dp_epsilon_round": 12.0,
-                "mri_ssim": ssim, "mri_psnr": 12.0, "ct_ssim": 0.05, "ct_psnr": 9.0, "iterations": 10, "seconds": 1.0}
+def test_table_reads_the_anatomy_margin_and_the_gap(tmp_path: Path) -> None:
+    def row(method: str, ssim: float, margin: float, ci: tuple[float, float], ratio: float,
+            defence: str = "none") -> dict:
+        return {"key": f"{method}-{defence}", "method": method, "batch": 1, "steps": 1, "stage": "early",
+                "client": "A", "defence": defence, "noise_multiplier": 0.3 if defence == "dp" else None,
+                "dp_epsilon_round": 12.0, "mri_ssim": ssim, "mri_psnr": 12.0, "ct_ssim": 0.05, "ct_psnr": 9.0,
+                "iterations": 10, "seconds": 1.0,
+                "anatomy": {"deciding": {"modality": "mri", "metric": "ssim", "margin": margin, "ci95": list(ci)},
+                            "mri": {"reid": {"top1": 1.0, "chance": 0.125}}},
+                "objective_gap": {"reconstruction": 0.1, "truth": 0.1 / ratio, "ratio": ratio, "large": ratio >= 2}}
 
-    results = [row("dlg", 0.02), row("i2i", 0.46), row("i2i", 0.01, "dp")]
+    results = [row("dlg", 0.02, 0.0, (-0.01, 0.01), 1e5), row("i2i", 0.46, 0.30, (0.21, 0.38), 1e3),
+               row("i2i", 0.01, 0.0, (-0.02, 0.02), 1.0, "dp")]
     text = write_inversion_table(results, tmp_path / "table.md").read_text()
-    assert "| i2i | 1 | 1 | early | A | dp (z=0.3, eps=12/round) | 0.010 |" in text
-    assert "1 of 3 settings are more than 0.16 SSIM above an empty image" in text
-    results[1]["background"] = {"mri_ssim": 0.40, "ct_ssim": 0.02}  # most of that SSIM is background
+    assert "| i2i | 1 | 1 | early | A | dp (z=0.3, eps=12/round) | 0.010 | 0.050 | MRI +0.000 [-0.020, +0.020] | " \
+        "100% (12%) | 1x | low |" in text
+    assert "| dlg | 1 | 1 | early | A | none | 0.020 | 0.050 | MRI +0.000 [-0.010, +0.010] | 100% (12%) | 1e+05x | " \
+        "search-limited: leak not excluded |" in text
+    assert "1 of 3 settings recover this patient's anatomy" in text and "1 are search-limited" in text
+    assert "Overall: high." in text
+    del results[1]["anatomy"]  # a cell scored by an older fedi2i
     text = write_inversion_table(results, tmp_path / "table.md").read_text()
-    assert "+0.060 over an empty image" in text and "0 of 3 settings are more than" in text
-    assert "2 of 3" not in text and "By raw SSIM, 1 of 3 settings beat the study's bound" in text and "+0.300 SSIM" in text
-    assert "No setting beats" in verdict([row("dlg", 0.1)])
+    assert "not scored" in text and "1 setting(s) were scored by an older fedi2i" in text
+    assert "Overall: search-limited: leak not excluded." in verdict(results)
 
 
 def test_dp_epsilon_falls_with_noise() -> None:

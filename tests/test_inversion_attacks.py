@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from fedi2i.attacks.inversion import InversionSettings, chance_level, observe, run_attack, score
 from fedi2i.attacks.inversion.base import replay_groups
 from fedi2i.attacks.inversion.replay import LocalReplay
+from fedi2i.attacks.inversion.run import attacker_prior
 from fedi2i.attacks.inversion.victim import VictimSetting, start_model, victim_batch, victim_round
 from fedi2i.config import Config, load_config
 from fedi2i.data.federation import load_federation
@@ -20,7 +21,7 @@ from fedi2i.data.slices import SliceSet
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "fedi2i" / "attacks" / "inversion"
 ATTACK_MODULES = ("observation.py", "replay.py", "base.py", "dlg.py", "inverting_gradients.py", "i2i.py",
-                  "methods.py")
+                  "methods.py", "prior.py")
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +99,7 @@ def test_attack_never_reads_true_images(small, tmp_path: Path, monkeypatch: pyte
     config, data = small
     run = make_victim(config, data, tmp_path, 2, 1)
     obs = observe(run, 0, "A")
+    prior = attacker_prior(data, [g.client for g in obs.groups])  # the attacker's public slices, made beforehand
 
     def blocked(*_args, **_kwargs):
         raise AssertionError("the attack tried to read images")
@@ -112,6 +114,9 @@ def test_attack_never_reads_true_images(small, tmp_path: Path, monkeypatch: pyte
     for method in ("dlg", "ig", "i2i"):
         recon = run_attack(obs, method, settings)
         assert recon.mr.shape == (2, 1, 16, 16) and torch.isfinite(recon.mr).all()
+    for init in ("atlas", "population"):
+        with_prior = settings.model_copy(update={"i2i": settings.i2i.model_copy(update={"init": init})})
+        assert torch.isfinite(run_attack(obs, "i2i", with_prior, prior=prior).mr).all()
     monkeypatch.undo()
     assert victim_batch(run, data, "A").mr.shape == (2, 1, 16, 16)  # evaluation still can
     for module in ATTACK_MODULES:

@@ -26,6 +26,7 @@ from fedi2i.audit import html as H, report_membership
 from fedi2i.audit.findings import (Comparison, Threat, membership_aucs, poison_effects, quality, summarise,
                                    unusable_numbers)
 from fedi2i.audit.plan import AuditCell
+from fedi2i.audit.report_inversion import section_inversion
 from fedi2i.audit.schema import AuditResults, PoisonEffect, finite_json
 from fedi2i.audit.store import CellStore
 from fedi2i.config import Config
@@ -191,25 +192,6 @@ def _section_membership(r: ReportInputs) -> str:
     return "".join(parts)
 
 
-def _section_inversion(r: ReportInputs) -> str:
-    rows, figs = [], []
-    for cell in r.cells.values():
-        if cell.get("kind") != "inversion" or cell.get("status") != "ok":
-            continue
-        x = cell["result"]
-        rows.append((x.get("method"), x.get("batch"), x.get("steps"), x.get("defence"), x.get("round"),
-                     _num(x.get("mri_ssim"), 3), _num(x.get("mri_psnr"), 1), _num(x.get("ct_ssim"), 3),
-                     _num(x.get("ct_psnr"), 1)))
-        if x.get("figure"):
-            figs.append(Path(x["figure"]))
-    if not rows:
-        return ""
-    return ("<h2>Gradient inversion</h2><p>SSIM/PSNR of the recovered slices against the truth after optimal "
-            "(Hungarian) matching. The study's DLG bound: SSIM &le; 0.16, PSNR &le; 11 dB.</p>"
-            + H.table(["method", "batch", "local steps", "defence", "round", "MRI SSIM", "MRI PSNR", "CT SSIM",
-                       "CT PSNR"], rows) + _figures(figs, 6))
-
-
 def _poison_seeds(r: ReportInputs, rows: list[dict[str, Any]]) -> str:
     """The replicated configurations: unseen MAE per seed, clean and attacked paired by seed, the ratio with
     its 95 % interval; and the detector's margin per seed where its level was replicated."""
@@ -338,7 +320,7 @@ SECTIONS: list[tuple[str, Callable[[ReportInputs], str]]] = [
     ("synthesis quality", _section_quality),
     ("membership inference", _section_membership),
     ("membership exposure", lambda r: report_membership.section(r.cells, r.out_dir)),
-    ("gradient inversion", _section_inversion),
+    ("gradient inversion", section_inversion),
     ("poisoning", _section_poison),
     ("honest-majority assumptions", _section_guarantees),
     ("is the defence implemented right?", lambda r: _defence_checks().defence_section_html(r.config)),

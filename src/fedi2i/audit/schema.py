@@ -115,6 +115,27 @@ class MembershipResult(CellResult):
     methods: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
+class InversionDeciding(CellResult):
+    """The number an inversion verdict reads: in-mask SSIM margin over other patients, with its interval."""
+
+    modality: Literal["mri", "ct"]
+    margin: float
+    ci95: list[float] | None = None  # None: too few patients for an interval
+
+
+class InversionAnatomy(CellResult):
+    deciding: InversionDeciding
+
+
+class InversionGap(CellResult):
+    """Update distance of the reconstruction and of the true batch; ``large``: the search stopped short."""
+
+    reconstruction: float | None = None
+    truth: float | None = None
+    ratio: float | None = None
+    large: bool
+
+
 class InversionResult(CellResult):
     method: str
     batch: int
@@ -123,7 +144,11 @@ class InversionResult(CellResult):
     mri_psnr: float | None = None
     ct_ssim: float | None = None
     ct_psnr: float | None = None
-    background: dict[str, float | None] | None = None
+    background: dict[str, float | None] | None = None  # cells written before the in-mask score only
+    # fedi2i.attacks.inversion.assess; None in cells written before them (the findings name and skip those)
+    anatomy: InversionAnatomy | None = None
+    objective_gap: InversionGap | None = None
+    budget_curve: dict[str, Any] | None = None
     figure: str | None = None
 
 

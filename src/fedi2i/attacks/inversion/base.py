@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 import torch
@@ -49,11 +49,17 @@ class Reconstruction:
 
 
 class Tracker:
-    """Objective history, progress callback and optional snapshots for one attack run."""
+    """Objective history, progress callback and optional snapshots for one attack run.
 
-    def __init__(self, progress: Progress | None, snapshot_every: int | None) -> None:
+    Snapshots are taken every ``snapshot_every`` iterations (and at the first) and at each iteration of
+    ``snapshot_at``: the budget curve scores them after the attack, without a second run.
+    """
+
+    def __init__(self, progress: Progress | None, snapshot_every: int | None,
+                 snapshot_at: Collection[int] = ()) -> None:
         self.progress = progress
         self.snapshot_every = snapshot_every
+        self.snapshot_at = frozenset(snapshot_at)
         self.history: list[tuple[int, float]] = []
         self.snapshots: list[Snapshot] = []
         self.start = time.perf_counter()
@@ -62,7 +68,8 @@ class Tracker:
         self.history.append((iteration, objective))
         if self.progress is not None:
             self.progress(iteration, objective)
-        if self.snapshot_every and (iteration % self.snapshot_every == 0 or iteration == 1):
+        every = bool(self.snapshot_every) and (iteration % self.snapshot_every == 0 or iteration == 1)  # type: ignore[operator]
+        if every or iteration in self.snapshot_at:
             mr, ct = images()
             self.snapshots.append(Snapshot(iteration, self.seconds, objective, mr.detach().clone(),
                                            ct.detach().clone()))

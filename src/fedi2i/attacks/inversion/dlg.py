@@ -10,6 +10,8 @@ moves from its random start. That is the baseline's known failure, kept on purpo
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import torch
 import torch.nn.functional as F
 
@@ -20,7 +22,8 @@ from fedi2i.attacks.inversion.settings import DLGSettings
 
 
 def dlg_attack(obs: Observation, settings: DLGSettings, seed: int = 0, mr_box: tuple[float, float] = (-0.1, 1.5),
-               progress: Progress | None = None, snapshot_every: int | None = None) -> Reconstruction:
+               progress: Progress | None = None, snapshot_every: int | None = None,
+               snapshot_at: Collection[int] = ()) -> Reconstruction:
     """Run DLG on one observation; ``settings.iterations`` L-BFGS steps (strong-Wolfe line search)."""
     replay = LocalReplay(obs)
     target = [-g / (obs.lr * obs.steps) for g in replay.split(obs.update).params]
@@ -31,7 +34,7 @@ def dlg_attack(obs: Observation, settings: DLGSettings, seed: int = 0, mr_box: t
     loss_fn = F.l1_loss if obs.loss == "l1" else F.mse_loss
     optimiser = torch.optim.LBFGS([x, y], lr=settings.lr, max_iter=1, history_size=settings.history_size,
                                   line_search_fn="strong_wolfe")
-    tracker = Tracker(progress, snapshot_every)
+    tracker = Tracker(progress, snapshot_every, snapshot_at)
     evaluations = 0
 
     def closure() -> torch.Tensor:

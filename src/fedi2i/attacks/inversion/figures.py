@@ -49,3 +49,31 @@ def reconstruction_grid(truth_mr: torch.Tensor, truth_ct: torch.Tensor, recon_mr
     if title:
         fig.suptitle(title, fontsize=9)
     return save_atomic(fig, path)
+
+
+def budget_curve_figure(curves: dict[str, list[dict]], path: Path, title: str = "") -> Path:
+    """Score and update distance against the attacker's iterations, one line per run (curves only, no image).
+
+    ``curves``: label -> the ``points`` of a cell's ``budget_curve`` (iteration, best in-mask SSIM margin,
+    distance). Left: the in-mask SSIM margin over other patients (0: no closer to this patient than to
+    another; the dotted line is the leak figure). Right: the cosine distance of the reconstruction's update
+    to the observed one (lower is a better answer), log scale.
+    """
+    from fedi2i.attacks.inversion.judge import LEAK_MARGIN
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
+    for label, points in curves.items():
+        its = [max(p["iteration"], 1) for p in points]
+        left.plot(its, [p["best"] for p in points], marker="o", ms=3, label=label)
+        dist = [(i, p["distance"]) for i, p in zip(its, points) if p.get("distance") is not None]
+        if dist:
+            right.plot([d[0] for d in dist], [max(d[1], 1e-6) for d in dist], marker="o", ms=3, label=label)
+    left.axhline(LEAK_MARGIN, color="grey", ls=":", lw=1)
+    left.axhline(0.0, color="grey", lw=0.5)
+    left.set(xscale="log", xlabel="attacker iterations", ylabel="in-mask SSIM over other patients")
+    right.set(xscale="log", yscale="log", xlabel="attacker iterations", ylabel="update distance (1 - cosine)")
+    left.legend(fontsize=6)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return save_atomic(fig, path)

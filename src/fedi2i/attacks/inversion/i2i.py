@@ -28,11 +28,16 @@ What it does differently from DLG / Inverting Gradients, and why (DESIGN.md sect
   aggregate is replayed client by client (own BatchNorm batch, own weight), as secure aggregation
   really sums them.
 * TV priors on MRI and CT, box projection, restarts picked by the objective (never by the truth).
+* **Starts from what a server may hold** (``init``, ``prior.py``): noise (``random``), the atlas of the
+  attacker's public slices (``atlas``: the pyramid starts from their mean image), or a ``population``: per
+  image, greedily, the public slice whose MRI/CT pair best explains the update among a few random
+  candidates (each restart draws its own: multi-start). Never the victim's own slices.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 
 import torch
 import torch.nn.functional as F
@@ -40,9 +45,11 @@ import torch.nn.functional as F
 from fedi2i.attacks.inversion.base import (CT_BOX, Progress, Reconstruction, Tracker, cosine_distance,
                                            group_slices, relative_l2, replay_groups, seeded, total_variation)
 from fedi2i.attacks.inversion.observation import Observation
+from fedi2i.attacks.inversion.prior import Prior
 from fedi2i.attacks.inversion.replay import LocalReplay, SimulatedUpdate
 from fedi2i.attacks.inversion.settings import I2ISettings
 from fedi2i.data.slices import ct_to_unit
+from fedi2i.errors import ConfigError
 
 
 def log_cosh(r: torch.Tensor, tau: float) -> torch.Tensor:
@@ -125,15 +132,55 @@ def pyramid(size: int, levels: int) -> list[int]:
     return [s for s in sizes if s >= 4]
 
 
-def _run_once(problem: _Problem, gen: torch.Generator, tracker: Tracker,
-              start_iteration: int) -> tuple[float, torch.Tensor, torch.Tensor, int]:
-    """One restart: coarse-to-fine L-BFGS with the label model, then Adam at full size."""
+Start = tuple[torch.Tensor, torch.Tensor]  # MRI and CT [N, 1, H, W] at full size
+
+
+def prior_start(problem: _Problem, prior: Prior, init: str, gen: torch.Generator) -> Start:
+    """The atlas for every image, then (``population``) each image in turn replaced by the candidate slice
+    that lowers the match most; returns the images the search starts from."""
+    obs, s = problem.obs, problem.settings
+    if prior.size != obs.image_size:
+        raise ConfigError(f"the attacker's prior has {prior.size} px slices, the model takes {obs.image_size} px")
+    n = obs.items
+    atlas_mr, atlas_ct = prior.atlas()
+    x, y = atlas_mr.expand(n, -1, -1, -1).clone(), atlas_ct.expand(n, -1, -1, -1).clone()
+    if init == "atlas":
+        return x, y
+    per_image = max(1, min(s.population, s.population_evaluations // n, len(prior)))
+    problem.tau = s.tau_start
+    best = float(problem.match(x, y).detach())
+    for j in range(n):
+        for c in torch.randperm(len(prior), generator=gen)[:per_image].tolist():
+            x2, y2 = x.clone(), y.clone()
+            x2[j], y2[j] = prior.mr[c], prior.ct[c]
+            value = float(problem.match(x2, y2).detach())
+            if value < best:
+                best, x, y = value, x2, y2
+    return x, y
+
+
+def _logit_box(x: torch.Tensor, box: tuple[float, float]) -> torch.Tensor:
+    """The unbounded variable z with ``box(z) == x`` (x kept 1 % inside the box)."""
+    lo, hi = box
+    u = ((x - lo) / (hi - lo)).clamp(0.01, 0.99)
+    return torch.log(u / (1 - u))
+
+
+def _run_once(problem: _Problem, gen: torch.Generator, tracker: Tracker, start_iteration: int,
+              start: Start | None = None) -> tuple[float, torch.Tensor, torch.Tensor, int]:
+    """One restart: coarse-to-fine L-BFGS with the label model, then Adam at full size.
+
+    ``start`` (from a prior) replaces the noise the MRI starts from and, at full size, the label model's CT.
+    """
     s, obs = problem.settings, problem.obs
     size, n = obs.image_size, obs.items
     levels = pyramid(size, s.levels)
     total = len(levels) * s.level_iterations + s.iterations
     first = levels[0] if levels else size
-    z = 0.1 * torch.randn(n, 1, first, first, generator=gen)
+    if start is None:
+        z = 0.1 * torch.randn(n, 1, first, first, generator=gen)
+    else:
+        z = _resize(_logit_box(start[0], problem.mr_box), first)
     a = torch.zeros(n, 1, 1, 1)
     b = torch.full((n, 1, 1, 1), problem.ct_prior())
     it, done = start_iteration, 0
@@ -172,7 +219,10 @@ def _run_once(problem: _Problem, gen: torch.Generator, tracker: Tracker,
                 break
     with torch.no_grad():
         x0 = problem.box(_resize(z, size))
-        y0 = label(x0) if levels else torch.tanh(b).expand(n, 1, size, size)
+        if start is not None:
+            y0 = start[1].clamp(*CT_BOX)
+        else:
+            y0 = label(x0) if levels else torch.tanh(b).expand(n, 1, size, size)
     x = x0.detach().clone().requires_grad_(True)
     y = y0.detach().clone().requires_grad_(True)
     optimiser = torch.optim.Adam([x, y], lr=s.lr)
@@ -193,14 +243,23 @@ def _run_once(problem: _Problem, gen: torch.Generator, tracker: Tracker,
 
 
 def i2i_attack(obs: Observation, settings: I2ISettings, seed: int = 0, mr_box: tuple[float, float] = (-0.1, 1.5),
-               progress: Progress | None = None, snapshot_every: int | None = None) -> Reconstruction:
-    """Run the I2I attack; the best of ``settings.restarts`` runs by final match (never by the truth)."""
+               progress: Progress | None = None, snapshot_every: int | None = None, prior: Prior | None = None,
+               snapshot_at: Collection[int] = ()) -> Reconstruction:
+    """Run the I2I attack; the best of ``settings.restarts`` runs by final match (never by the truth).
+
+    ``settings.init`` other than "random" needs the attacker's ``prior``.
+    """
+    if settings.init != "random" and prior is None:
+        raise ConfigError(f"i2i init {settings.init!r} needs the attacker's prior (public slices); none was given")
     problem = _Problem(obs, settings, mr_box)
-    tracker = Tracker(progress, snapshot_every)
+    tracker = Tracker(progress, snapshot_every, snapshot_at)
     best: tuple[float, torch.Tensor, torch.Tensor] | None = None
     iterations = 0
     for restart in range(settings.restarts):
-        match, x, y, its = _run_once(problem, seeded(seed, restart), tracker, iterations)
+        gen = seeded(seed, restart)
+        start = prior_start(problem, prior, settings.init, gen) if prior is not None and settings.init != "random" \
+            else None
+        match, x, y, its = _run_once(problem, gen, tracker, iterations, start)
         iterations += its
         if best is None or not math.isfinite(best[0]) or (math.isfinite(match) and match < best[0]):
             best = (match, x, y)
@@ -208,4 +267,4 @@ def i2i_attack(obs: Observation, settings: I2ISettings, seed: int = 0, mr_box: t
     match, x, y = best
     return Reconstruction("i2i", x.clamp(*mr_box), y.clamp(*CT_BOX), match, iterations, tracker.seconds,
                           tracker.history, tracker.snapshots,
-                          {"restarts": settings.restarts, "evaluations": problem.evaluations})
+                          {"restarts": settings.restarts, "evaluations": problem.evaluations, "init": settings.init})

@@ -10,6 +10,8 @@ batch. The dummy CT is a free variable as in the paper: with an L1 loss it recei
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import torch
 import torch.nn.functional as F
 
@@ -21,13 +23,14 @@ from fedi2i.attacks.inversion.settings import IGSettings
 
 
 def ig_attack(obs: Observation, settings: IGSettings, seed: int = 0, mr_box: tuple[float, float] = (-0.1, 1.5),
-              progress: Progress | None = None, snapshot_every: int | None = None) -> Reconstruction:
+              progress: Progress | None = None, snapshot_every: int | None = None,
+              snapshot_at: Collection[int] = ()) -> Reconstruction:
     """Run Inverting Gradients; the best of ``settings.restarts`` runs by final objective."""
     replay = LocalReplay(obs)
     target = replay.split(obs.update).params
     loss_fn = F.l1_loss if obs.loss == "l1" else F.mse_loss
     size, n = obs.image_size, obs.items
-    tracker = Tracker(progress, snapshot_every)
+    tracker = Tracker(progress, snapshot_every, snapshot_at)
     best: tuple[float, torch.Tensor, torch.Tensor] | None = None
     iteration = 0
     for restart in range(settings.restarts):

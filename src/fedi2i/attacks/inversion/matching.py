@@ -1,6 +1,6 @@
 """Evaluation: match reconstructions to the true batch items (Hungarian) and score them.
 
-The only place of the attack code that sees true images. A reconstruction carries no order (the
+With ``anatomy.py`` and ``assess.py``, the only place of the attack code that sees true images. A reconstruction carries no order (the
 gradient of a batch mean is permutation invariant), so each true item is paired with the reconstruction
 that maximises the summed MRI + CT SSIM over the whole assignment (``scipy.optimize.linear_sum_assignment``;
 with more reconstructions than items, as from an aggregate, the best ones are picked). MRI is scored on
@@ -68,17 +68,4 @@ def chance_level(truth_mr: torch.Tensor, truth_ct: torch.Tensor, mr_box: tuple[f
     mr = lo + (hi - lo) * torch.rand(shape, generator=gen, dtype=torch.float64)
     ct = 2 * torch.rand(shape, generator=gen, dtype=torch.float64) - 1
     out = score(truth_mr, truth_ct, mr, ct)
-    return {k: out[k] for k in ("mri_ssim", "mri_psnr", "ct_ssim", "ct_psnr")}  # type: ignore[misc]
-
-
-def background_level(truth_mr: torch.Tensor, truth_ct: torch.Tensor) -> dict[str, float]:
-    """Scores of an empty reconstruction: each image constant at its own background (its minimum).
-
-    2D SSIM counts the large air background of a head slice: an image that is all air already scores
-    well on CT (often 0.5-0.7) with no anatomy at all. A reconstruction leaks anatomy only where it beats
-    this level, not merely the chance level or the study's bound.
-    """
-    flat_mr = truth_mr.amin(dim=(1, 2, 3), keepdim=True).expand_as(truth_mr).double()
-    flat_ct = truth_ct.amin(dim=(1, 2, 3), keepdim=True).expand_as(truth_ct).double()
-    out = score(truth_mr, truth_ct, flat_mr, flat_ct)
     return {k: out[k] for k in ("mri_ssim", "mri_psnr", "ct_ssim", "ct_psnr")}  # type: ignore[misc]

@@ -64,6 +64,12 @@ class I2ISettings(_Strict):
     tau_end: float = Field(0.005, gt=0)
     ct_init_hu: float = -500.0  # L1: where the CT unknown starts (between air and soft tissue)
     restarts: int = Field(1, ge=1)
+    # Where the search starts (priors the server may hold, ``prior.py``): "random" (noise), "atlas" (the mean
+    # of the attacker's public slices, solved coarse-to-fine), "population" (per image, the public slice that
+    # best explains the update, out of ``population`` candidates; each restart draws its own candidates)
+    init: Literal["random", "atlas", "population"] = "random"
+    population: int = Field(32, ge=1)  # candidates per image
+    population_evaluations: int = Field(64, ge=1)  # at most this many update replays per restart's selection
 
 
 class InversionSettings(_Strict):

@@ -1,68 +1,136 @@
-"""Gradient-inversion findings: recovered anatomy read as SSIM above an empty image."""
+"""Gradient-inversion findings: recovered anatomy read from the in-mask margin's interval and the objective gap.
+
+Each cell carries its deciding number (``fedi2i.attacks.inversion.anatomy``): the in-mask SSIM of the
+reconstruction on the true slice minus the same on other patients' slices at that level, with a 95 % interval
+clustered by patient; and the objective gap (how many times better the true batch explains the update than
+the reconstruction). ``fedi2i.attacks.inversion.judge`` reads one cell; this module reads the threat grid:
+
+* the threat row: a leak in any setting decides the level (the interval's two ends, "medium to high" where it
+  spans both); "low" only where every setting's interval is below the leak figure and every search found an
+  answer about as good as the truth; a large gap anywhere, with no leak shown, reads "search-limited: leak
+  not excluded";
+* "DLG recovers only coarse anatomy": reproduced while DLG's interval stays below the detail figure;
+* "Stronger inversion than DLG": exceeded when a stronger attack's interval is above the leak figure,
+  reproduced when none is and their searches were not limited, inconclusive otherwise.
+
+Cells scored before the in-mask score existed are named and left out ("not measured" if none is left).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fedi2i.audit.findings.common import STUDY, Comparison, Threat, fmt, level, ok_results, signed
+from fedi2i.attacks.inversion.judge import (HIGH_MARGIN, LEAK_MARGIN, SEARCH_LIMITED, CellReading, most_revealing,
+                                            overall, read_cell)
+from fedi2i.audit.findings.common import Comparison, Threat, ok_results
+
+DEFENCES = {"secagg": "secure aggregation", "dp": "differential privacy"}
+OLD = "scored before the in-mask anatomy score (delete their cells/inversion files to recompute them)"
+
 
 def inversion_rows(cells: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     return list(ok_results(cells, "inversion").values())
 
 
-def inversion_margin(row: dict[str, Any]) -> float:
-    """SSIM above an empty (all-background) image on the same slices, best of MRI and CT.
-
-    Raw 2D SSIM counts the air around the head: an all-background image already scores 0.2-0.8, so only
-    the excess over that level is recovered anatomy. Rows without the level fall back to raw SSIM.
-    """
-    empty = row.get("background") or {}
-    return max(row[f"{m}_ssim"] - (empty.get(f"{m}_ssim") or 0.0) for m in ("mri", "ct")
-               if row.get(f"{m}_ssim") is not None)
+def inversion_margin(row: dict[str, Any]) -> float | None:
+    """The deciding number of a cell: in-mask SSIM over other patients' slices (best modality); None for a
+    cell scored before it existed."""
+    reading = read_cell(row)
+    return None if reading is None else reading.margin
 
 
-def best_inversion(rows: list[dict[str, Any]], defence: str, methods: tuple[str, ...] | None = None
-                   ) -> dict[str, Any] | None:
-    """The most revealing row of a defence: largest SSIM excess over an empty image."""
-    chosen = [r for r in rows if r.get("defence") == defence and (methods is None or r.get("method") in methods)
-              and r.get("mri_ssim") is not None]
-    return max(chosen, key=inversion_margin) if chosen else None
+def _readings(rows: list[dict[str, Any]], defence: str, methods: tuple[str, ...] | None = None,
+              exclude: tuple[str, ...] = ()) -> list[CellReading]:
+    out = []
+    for r in rows:
+        if r.get("defence") != defence or (methods and r.get("method") not in methods) or r.get("method") in exclude:
+            continue
+        reading = read_cell(r)
+        if reading is not None:
+            out.append(reading)
+    return out
 
 
-def _inversion_text(row: dict[str, Any]) -> str:
-    return (f"{signed(inversion_margin(row))} SSIM over an empty image ({row['method']}, batch {row['batch']}; "
-            f"raw MRI SSIM {row['mri_ssim']:.2f}, CT SSIM {fmt(row.get('ct_ssim'))})")
+def _intervals(readings: list[CellReading]) -> dict[str, list[float | None]]:
+    return {r.key: [r.margin, r.low, r.high] for r in readings}
+
+
+def _exposure(readings: list[CellReading]) -> str:
+    best = most_revealing(readings)
+    if best is None:
+        return "not measured"
+    limited = sum(r.verdict == SEARCH_LIMITED for r in readings)
+    tail = (f"; {limited} of {len(readings)} settings search-limited" if limited else "") + \
+        f" ({len(readings)} settings)"
+    return best.text() + tail
+
+
+def _strength(readings: list[CellReading]) -> tuple[float, float]:
+    """How much the most revealing setting shows: its interval's low end, then its margin."""
+    best = most_revealing(readings)
+    assert best is not None
+    return (-1.0 if best.low is None else best.low, best.margin)
+
+
+def _interval_status(reading: CellReading, figure: float) -> str:
+    """Above the figure with the whole interval: "exceeded"; below: "reproduced"; else "inconclusive"."""
+    if reading.low is None or reading.high is None:
+        return "inconclusive"
+    if reading.low >= figure:
+        return "exceeded"
+    return "reproduced" if reading.high < figure else "inconclusive"
 
 
 def inversion_findings(cells: dict[str, dict[str, Any]]) -> tuple[list[Threat], list[Comparison]]:
-    """The inversion threat row and the DLG comparisons."""
+    """The inversion threat row and the two DLG comparisons."""
     threats: list[Threat] = []
     comps: list[Comparison] = []
-    inv = inversion_rows(cells)
-    best_none = best_inversion(inv, "none")
-    best_dlg = best_inversion(inv, "none", ("dlg",))
-    inv_def = [(best_inversion(inv, d), d) for d in ("secagg", "dp")]
-    inv_def = [(r, d) for r, d in inv_def if r is not None]
-    if best_none is not None:
-        if inv_def:
-            r, d = min(inv_def, key=lambda x: inversion_margin(x[0]))
-            defended_txt = _inversion_text(r)
-            dname = {"secagg": "secure aggregation", "dp": "differential privacy"}[d]
-        else:
-            defended_txt, dname = "not measured", "secure aggregation"
-        threats.append(Threat(
-            "Gradient inversion (curious server reconstructs a centre's images from its update)",
-            _inversion_text(best_none), dname, defended_txt,
-            level(inversion_margin(best_none), 0.5, STUDY["dlg_ssim"])))
+    rows = inversion_rows(cells)
+    if not rows:
+        return threats, comps
+    old = [r for r in rows if read_cell(r) is None]
+    none = _readings(rows, "none")
+    threat = "Gradient inversion (curious server reconstructs a centre's images from its update)"
+    if not none:
+        threats.append(Threat(threat, f"{len(old)} setting(s) {OLD}" if old else "not measured",
+                              "secure aggregation", "not measured", "not measured"))
+        return threats, comps
+    defended = [(d, _readings(rows, d)) for d in DEFENCES]
+    defended = [(d, rs) for d, rs in defended if rs]
+    if defended:
+        # the defence whose most revealing setting shows least
+        d, rs = min(defended, key=lambda x: _strength(x[1]))
+        with_text, dname = f"{overall(rs)}: {_exposure(rs)}", DEFENCES[d]
+        intervals = {**_intervals(none), **_intervals(rs)}
+    else:
+        with_text, dname, intervals = "not measured", "secure aggregation", _intervals(none)
+    exposure = _exposure(none) + (f"; {len(old)} setting(s) {OLD}" if old else "")
+    threats.append(Threat(threat, exposure, dname, with_text, overall(none), intervals=intervals))
+
+    dlg = _readings(rows, "none", ("dlg",))
+    best_dlg = most_revealing(dlg)
     if best_dlg is not None:
-        s, p = best_dlg["mri_ssim"], best_dlg["mri_psnr"]
-        comps.append(Comparison("DLG recovers only coarse anatomy", "SSIM <= 0.16, PSNR <= 11 dB",
-                                f"best DLG MRI SSIM {signed(s).lstrip('+')}, PSNR {p:.1f} dB",
-                                "reproduced" if s <= STUDY["dlg_ssim"] + 0.05 else "exceeded"))
-    if best_none is not None:
-        excess = inversion_margin(best_none)
-        comps.append(Comparison("Stronger inversion than DLG (not in the study)", "SSIM <= 0.16 with DLG",
-                                f"best {best_none['method']} (batch {best_none['batch']}): {signed(excess)} SSIM over "
-                                f"an empty image (raw SSIM {max(best_none['mri_ssim'], best_none.get('ct_ssim') or 0):.2f})",
-                                "exceeded" if excess > STUDY["dlg_ssim"] else "reproduced"))
+        raw = next(r for r in rows if r.get("key") == best_dlg.key) if best_dlg.key else {}
+        comps.append(Comparison(
+            "DLG recovers only coarse anatomy", "SSIM <= 0.16, PSNR <= 11 dB",
+            f"best DLG: {best_dlg.text()}; raw whole-slice MRI SSIM {raw.get('mri_ssim', float('nan')):.2f}, PSNR "
+            f"{raw.get('mri_psnr', float('nan')):.1f} dB. Reproduced while the in-mask margin stays below "
+            f"{HIGH_MARGIN} (detail) with its whole interval",
+            _interval_status(best_dlg, HIGH_MARGIN), intervals=_intervals([best_dlg])))
+    stronger = _readings(rows, "none", exclude=("dlg",))
+    best = most_revealing(stronger)
+    if best is not None:
+        if best.leak:
+            status = "exceeded"
+        elif all(r.no_leak and r.verdict != SEARCH_LIMITED for r in stronger):
+            status = "reproduced"
+        else:
+            status = "inconclusive"
+        limited = [r for r in stronger if r.verdict == SEARCH_LIMITED]
+        note = (f"; {len(limited)} of {len(stronger)} settings search-limited: leak not excluded" if limited and
+                not best.leak else "")
+        comps.append(Comparison(
+            "Stronger inversion than DLG (not in the study)", "SSIM <= 0.16 with DLG",
+            f"best {best.text()}{note}. Exceeded where the in-mask margin is above {LEAK_MARGIN} with its whole "
+            "interval", status, intervals=_intervals(stronger)))
     return threats, comps
