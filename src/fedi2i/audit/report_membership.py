@@ -74,13 +74,13 @@ def _nonmembers_text(membership: dict[str, dict[str, Any]]) -> str:
 
 
 def _curve_block(curves: dict[str, list[dict[str, Any]]], x_key: str, x_label: str, path: Path, caption: str) -> str:
-    from fedi2i.attacks.membership.figures import exposure_figure
+    from fedi2i.attacks.membership.figures import exposure_figure, series_label
 
     exposure_figure(curves, x_key, x_label, path)
     xs = sorted({p[x_key] for points in curves.values() for p in points})
     rows = [(x, *(_point_text(next((p for p in curves[name] if p[x_key] == x), None)) for name in curves))
             for x in xs]
-    return H.figure(path, caption) + H.table([x_label, *curves], rows)
+    return H.figure(path, caption) + H.table([x_label, *(series_label(n) for n in curves)], rows)
 
 
 def section(cells: dict[str, dict[str, Any]], out_dir: Path) -> str:

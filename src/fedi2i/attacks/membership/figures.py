@@ -51,6 +51,12 @@ def roc_figure(method: str, curves: dict[str, dict[str, np.ndarray]], aucs: dict
 LABELS = {"fedmia-loss": "FedMIA-I (each centre's update)", "loss-global": "loss attack on the global model"}
 
 
+def series_label(name: str) -> str:
+    """A curve's name for a reader: ``"loss-global, secure aggregation"`` -> the attack's words, then the rest."""
+    method, _, rest = name.partition(", ")
+    return LABELS.get(method, method) + (f", {rest}" if rest else "")
+
+
 def exposure_figure(curves: dict[str, list[dict]], x_key: str, x_label: str, path: Path, title: str = "") -> Path:
     """Same-centre AUC (mean over centres) against ``x_key`` (the round, or patients per centre), one line per
     attack, each point with its 95% interval as an error bar; a curve of numbers only, never of images."""
@@ -64,7 +70,7 @@ def exposure_figure(curves: dict[str, list[dict]], x_key: str, x_label: str, pat
         ci = np.array([p["ci95"] if p.get("ci95") else [p["auc"], p["auc"]] for p in points])
         dodge = 0.01 * i * (float(np.ptp(x)) or 1.0)  # so the error bars of two attacks do not hide each other
         ax.errorbar(x + dodge, y,
-                    yerr=[y - ci[:, 0], ci[:, 1] - y], marker="o", capsize=3, label=LABELS.get(name, name))
+                    yerr=[y - ci[:, 0], ci[:, 1] - y], marker="o", capsize=3, label=series_label(name))
     ax.axhline(0.5, color="grey", lw=0.8, ls=":", label="chance")
     ax.set_ylim(0, 1)
     ax.set_xlabel(x_label)
