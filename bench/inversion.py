@@ -72,8 +72,9 @@ def main() -> None:
     variants = {
         "dlg": ("dlg", base.model_copy(update={"dlg": base.dlg.model_copy(update={"iterations": n(base.dlg.iterations)})})),
         "ig": ("ig", base.model_copy(update={"ig": base.ig.model_copy(update={"iterations": n(base.ig.iterations)})})),
-        "i2i random": ("i2i", i2i()),
-        "i2i random, no pyramid": ("i2i", i2i(levels=1, iterations=quick.iterations + quick.level_iterations)),
+        "i2i random": ("i2i", i2i(init="random")),
+        "i2i random, no pyramid": ("i2i", i2i(init="random", levels=1,
+                                              iterations=quick.iterations + quick.level_iterations)),
         "i2i atlas": ("i2i", i2i(init="atlas")),
         "i2i population": ("i2i", i2i(init="population")),
         "i2i population x2": ("i2i", i2i(init="population", restarts=2)),

@@ -59,6 +59,8 @@ def budget_curve_figure(curves: dict[str, list[dict]], path: Path, title: str = 
     another; the dotted line is the leak figure). Right: the cosine distance of the reconstruction's update
     to the observed one (lower is a better answer), log scale.
     """
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
     from fedi2i.attacks.inversion.judge import LEAK_MARGIN
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
@@ -72,6 +74,9 @@ def budget_curve_figure(curves: dict[str, list[dict]], path: Path, title: str = 
     left.axhline(0.0, color="grey", lw=0.5)
     left.set(xscale="log", xlabel="attacker iterations", ylabel="in-mask SSIM over other patients")
     right.set(xscale="log", yscale="log", xlabel="attacker iterations", ylabel="update distance (1 - cosine)")
+    for ax in (left, right):
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
     left.legend(fontsize=6)
     if title:
         fig.suptitle(title, fontsize=9)
