@@ -101,9 +101,8 @@ def section(cells: dict[str, dict[str, Any]], out_dir: Path) -> str:
                                     "membership exposure against the training round"))
     sizes = size_curves(membership)
     if sizes:
-        parts.append("<h3>Against the training patients per centre</h3><p>FedAvg trained on fewer patients per "
-                     "centre (the same held-out non-members): the fewer patients, the more the model memorises "
-                     "each.</p>"
+        parts.append("<h3>Against the training patients per centre</h3><p>FedAvg trained again on fewer patients "
+                     "per centre, against the same held-out non-members: the overfitting dial.</p>"
                      + _curve_block(sizes, "patients", "training patients per centre", out / "exposure_size.png",
                                     "membership exposure against the training patients per centre"))
     return "".join(parts)
