@@ -70,7 +70,8 @@ def main() -> None:
         return base.model_copy(update={"i2i": quick.model_copy(update=update)})
 
     variants = {
-        "dlg": ("dlg", base.model_copy(update={"dlg": base.dlg.model_copy(update={"iterations": n(base.dlg.iterations)})})),
+        "dlg": ("dlg", base.model_copy(update={"dlg": base.dlg.model_copy(
+            update={"iterations": n(base.dlg.iterations)})})),
         "ig": ("ig", base.model_copy(update={"ig": base.ig.model_copy(update={"iterations": n(base.ig.iterations)})})),
         "i2i random": ("i2i", i2i(init="random")),
         "i2i random, no pyramid": ("i2i", i2i(init="random", levels=1,

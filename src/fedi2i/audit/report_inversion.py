@@ -35,7 +35,8 @@ def _row(x: dict[str, Any]) -> tuple[object, ...]:
     base = (x.get("method"), x.get("batch"), x.get("steps"), x.get("stage"), x.get("defence"),
             f"{_num(x.get('mri_ssim'), '.3f')} / {_num(x.get('ct_ssim'), '.3f')}")
     if reading is None:
-        return (*base, "not scored (older result)", "", "", "", "", "", x.get("iterations"), _num(x.get("seconds"), ".0f"))
+        return (*base, "not scored (older result)", "", "", "", "", "", x.get("iterations"),
+                _num(x.get("seconds"), ".0f"))
     ci = ("no interval" if reading.low is None or reading.high is None
           else f"[{reading.low:+.3f}, {reading.high:+.3f}]")
     improving = curve.get("still_improving")

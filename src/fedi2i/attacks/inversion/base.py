@@ -68,7 +68,8 @@ class Tracker:
         self.history.append((iteration, objective))
         if self.progress is not None:
             self.progress(iteration, objective)
-        every = bool(self.snapshot_every) and (iteration % self.snapshot_every == 0 or iteration == 1)  # type: ignore[operator]
+        n = self.snapshot_every
+        every = bool(n) and (iteration % n == 0 or iteration == 1)  # type: ignore[operator]
         if every or iteration in self.snapshot_at:
             mr, ct = images()
             self.snapshots.append(Snapshot(iteration, self.seconds, objective, mr.detach().clone(),

@@ -40,7 +40,8 @@ class UpdateDistance:
     def __call__(self, mr: torch.Tensor, ct: torch.Tensor) -> float:
         """``mr``, ``ct``: [N, 1, H, W] with N = the observation's items, rows in client order."""
         if mr.shape[0] != self.obs.items or ct.shape != mr.shape:
-            raise ValueError(f"the update holds {self.obs.items} images; got MRI {tuple(mr.shape)}, CT {tuple(ct.shape)}")
+            raise ValueError(f"the update holds {self.obs.items} images; got MRI {tuple(mr.shape)}, "
+                             f"CT {tuple(ct.shape)}")
         mr, ct = mr.float().detach(), ct.float().detach()
         if len(self.rows) == 1:
             sim = replay_groups(self.replay, self.obs, mr, lambda _k, pred, _t: self.loss(pred, ct))

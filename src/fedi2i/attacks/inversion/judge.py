@@ -70,15 +70,19 @@ class CellReading:
     def interval_text(self) -> str:
         if self.low is None or self.high is None:
             return "no interval: fewer than 3 other patients"
-        return f"95% CI {self.low:+.2f} to {self.high:+.2f}"
+        return f"95% CI {_signed(self.low)} to {_signed(self.high)}"
 
     def text(self) -> str:
         gap = ("objective gap not measured" if self.gap_ratio is None else
                f"truth explains the update {_times(self.gap_ratio)} better" + (" (search-limited)" if self.gap_large
                                                                                else ""))
-        return (f"{self.method}, batch {self.batch}: in-mask {self.modality.upper()} SSIM {self.margin:+.2f} over other "
-                f"patients [{self.interval_text()}], own patient nearest in "
+        return (f"{self.method}, batch {self.batch}: in-mask {self.modality.upper()} SSIM {_signed(self.margin)} "
+                f"over other patients [{self.interval_text()}], own patient nearest in "
                 f"{self.reid_top1:.0%} of slices (chance {self.reid_chance:.0%}); {gap}")
+
+
+def _signed(v: float) -> str:
+    return f"{v:+.2f}" if abs(v) >= 0.005 else "+0.00"  # no "-0.00"
 
 
 def _times(ratio: float) -> str:

@@ -1,10 +1,12 @@
 """Evaluation: match reconstructions to the true batch items (Hungarian) and score them.
 
-With ``anatomy.py`` and ``assess.py``, the only place of the attack code that sees true images. A reconstruction carries no order (the
-gradient of a batch mean is permutation invariant), so each true item is paired with the reconstruction
-that maximises the summed MRI + CT SSIM over the whole assignment (``scipy.optimize.linear_sum_assignment``;
-with more reconstructions than items, as from an aggregate, the best ones are picked). MRI is scored on
-its normalised scale, CT in HU; both with ``fedi2i.metrics.image_similarity`` (2D, data range of the truth).
+With ``anatomy.py`` and ``assess.py``, the only place of the attack code that sees true images. A
+reconstruction carries no order (the gradient of a batch mean is permutation invariant), so each true item
+is paired with the reconstruction that maximises the summed MRI + CT SSIM over the whole assignment
+(``scipy.optimize.linear_sum_assignment``; with more reconstructions than items, as from an aggregate, the
+best ones are picked). MRI is scored on its normalised scale, CT in HU; both with
+``fedi2i.metrics.image_similarity`` (2D, data range of the truth). These whole-slice scores are the study's
+measure; what a reconstruction shows of the patient is judged in ``anatomy.py``.
 """
 
 from __future__ import annotations

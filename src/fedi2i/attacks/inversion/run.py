@@ -242,6 +242,10 @@ TABLE_COLUMNS = ("method", "batch", "steps", "stage", "client", "defence", "mri_
                  "ct_ssim", "ct_psnr", "iterations", "seconds")
 
 
+def _raw(result: dict[str, Any]) -> float:
+    return max(result["mri_ssim"], result.get("ct_ssim") or 0.0)
+
+
 def verdict(results: list[dict[str, Any]]) -> str:
     """Plain statement of what the settings show, read from the in-mask anatomy margin and the objective gap.
 
@@ -252,12 +256,12 @@ def verdict(results: list[dict[str, Any]]) -> str:
     """
     if not results:
         return "No inversion results."
-    best_raw = max(results, key=lambda r: max(r["mri_ssim"], r.get("ct_ssim") or 0.0))
+    best_raw = max(results, key=_raw)
     lines = [f"Best raw whole-slice SSIM (the study's measure): MRI {best_raw['mri_ssim']:.3f}, CT "
              f"{best_raw.get('ct_ssim') or 0.0:.3f} ({best_raw['method']}, batch {best_raw['batch']}, defence "
-             f"{best_raw['defence']}); {sum(max(r['mri_ssim'], r.get('ct_ssim') or 0) > STUDY_SSIM_BOUND for r in results)}"
-             f" of {len(results)} settings are above the study's bound (SSIM <= {STUDY_SSIM_BOUND}, PSNR <= "
-             f"{STUDY_PSNR_BOUND:.0f} dB), which the air around the head alone can explain."]
+             f"{best_raw['defence']}); {sum(_raw(r) > STUDY_SSIM_BOUND for r in results)} of {len(results)} "
+             f"settings are above the study's bound (SSIM <= {STUDY_SSIM_BOUND}, PSNR <= {STUDY_PSNR_BOUND:.0f} dB), "
+             "which the air around the head alone can explain."]
     readings = [x for x in (read_cell(r) for r in results) if x is not None]
     if len(readings) < len(results):
         lines.append(f"{len(results) - len(readings)} setting(s) were scored by an older fedi2i (no in-mask score): "

@@ -60,9 +60,8 @@ def _exposure(readings: list[CellReading]) -> str:
     if best is None:
         return "not measured"
     limited = sum(r.verdict == SEARCH_LIMITED for r in readings)
-    tail = (f"; {limited} of {len(readings)} settings search-limited" if limited else "") + \
-        f" ({len(readings)} settings)"
-    return best.text() + tail
+    return best.text() + (f"; {limited} of {len(readings)} settings search-limited" if limited
+                          else f" ({len(readings)} settings)")
 
 
 def _strength(readings: list[CellReading]) -> tuple[float, float]:
