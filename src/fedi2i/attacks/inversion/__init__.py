@@ -11,19 +11,24 @@ Public API (the audit calls these, not the CLI)::
     cells = plan_inversion(settings)                          # list[InversionCell]
     result = run_inversion_cell(config, data, cells[0], out_dir, base_run_dir=None, settings=settings)
     # -> JSON-serialisable dict: key, method, batch, steps, stage, defence, noise_multiplier, round, client,
-    #    target, mri_ssim, mri_psnr, ct_ssim, ct_psnr (means after Hungarian matching), per_item, chance,
-    #    iterations, seconds, iterations_per_second, objective, figure, dp_epsilon_* for DP cells
+    #    target, mri_ssim, mri_psnr, ct_ssim, ct_psnr (whole-slice, after Hungarian matching), per_item, chance,
+    #    anatomy (in-mask margins over other patients with 95% intervals, re-identification, "deciding"),
+    #    objective_gap, budget_curve, prior, iterations, seconds, objective, figure, dp_epsilon_* for DP cells
     write_inversion_table(results, out_dir / "table.md")     # markdown + the verdict on the study's bound
     run_inversion_grid(config, data, out_dir, settings)       # every cell, results.json/csv + table.md
 
 Lower level: ``observe(run_dir, round, client) -> Observation`` (what the server saw; no images),
 ``run_attack(observation, method, settings) -> Reconstruction`` (the attack reads the observation only),
-``score(truth_mr, truth_ct, recon_mr, recon_ct)`` (evaluation, the only reader of true images).
+``score(truth_mr, truth_ct, recon_mr, recon_ct)`` (whole-slice evaluation), ``assess(...)`` (in-mask anatomy,
+objective gap, budget curve; with ``score`` the only readers of true images), ``read_cell(result)`` (what a
+cell shows: leak, low, or search-limited, from its interval and gap).
 
-Modules: settings (pydantic), observation (the attacker's view), replay (differentiable local training),
-base (shared pieces), dlg / inverting_gradients / i2i (the methods), methods (registry), matching
-(Hungarian + SSIM/PSNR), victim (threat settings trained by the engine; DP-SGD via Opacus), run (plan,
-cells, tables), figures.
+Modules: settings (pydantic), observation (the attacker's view), prior (public slices the attacker may
+hold), replay (differentiable local training), base (shared pieces), dlg / inverting_gradients / i2i (the
+methods), methods (registry), matching (Hungarian + whole-slice SSIM/PSNR), anatomy (in-mask scores against
+other patients, re-identification, clustered interval), gap (the objective gap), assess (one attack judged),
+judge (its reading), victim (threat settings trained by the engine; DP-SGD via Opacus), run (plan, cells,
+tables), figures.
 """
 
 from fedi2i.attacks.inversion.base import Reconstruction
