@@ -252,5 +252,6 @@ def test_report_states_what_secagg_does_not_protect_with_its_interval(tiny_confi
     results = json.loads((tmp_path / "results.json").read_text())
     row = next(t for t in results["summary"] if t["threat"].startswith("Membership through the shared model"))
     assert "0.57 [95% CI 0.51-0.63]" in row["with_defence"] and row["defence"] == "secure aggregation"
+    assert row["verdict"] == "low to medium"  # read from the interval's two ends (chance up to 0.6)
     assert (tmp_path / "membership" / "exposure_round.png").is_file()
     assert "0.58 [0.52-0.64]" in html  # a point of the round curve's table

@@ -7,7 +7,8 @@ import math
 from typing import Any
 
 from fedi2i.audit.findings.common import (CHANCE_AUC, CONFOUND, FEDMIA_METHODS, STUDY, Comparison, Threat, fmt,
-                                          interval_status, level, ok_results, parts_dict, parts_text)
+                                          interval_status, level, level_of_interval, ok_results, parts_dict,
+                                          parts_text)
 from fedi2i.audit.intervals import Interval
 
 def membership_aucs(result: dict[str, Any], methods: tuple[str, ...] | None = None,
@@ -116,7 +117,7 @@ def membership_findings(cells: dict[str, dict[str, Any]]) -> tuple[list[Threat],
             "secure aggregation",
             f"FedMIA removed (no individual update to attack); the aggregate model's own exposure remains: loss "
             f"attack on the global model, same-centre AUC {_iv_text(secure_global)}",
-            level(secure_global.point if secure_global else None, 0.8, 0.6)))
+            level_of_interval(secure_global, 0.8, 0.6)))
     parts = same_centre_intervals(plain, ("fedmia-loss",)) if plain else {}
     if parts:
         beside = (f"; beside it, against all non-members {min(fedmia):.2f}-{max(fedmia):.2f}, {CONFOUND}"
