@@ -30,6 +30,7 @@ import os
 import select
 import signal
 import socket
+import struct
 import sys
 import time
 import traceback
@@ -141,15 +142,34 @@ def _run_child(request: dict, fds: list[int]) -> None:
         os._exit(code)
 
 
+def bind_private(socket_path: Path) -> socket.socket:
+    """Listen on ``socket_path`` with the socket readable and writable by this user only: whoever can
+    connect can have a ClientApp task forked with the arguments and environment it sends."""
+    socket_path = Path(socket_path)
+    socket_path.unlink(missing_ok=True)
+    server = socket.socket(socket.AF_UNIX)
+    old_umask = os.umask(0o177)
+    try:
+        server.bind(str(socket_path))
+    finally:
+        os.umask(old_umask)
+    server.listen(64)
+    return server
+
+
+def same_user(conn: socket.socket) -> bool:
+    """Whether the process at the other end of a Unix-socket connection runs as this user (Linux)."""
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return uid == os.getuid()
+
+
 def serve(socket_path: Path, ready_file: Path | None = None) -> None:
     """The fork server: preload, listen on ``socket_path`` and fork one child per launch request; tell
     each launcher its child's PID and, when the child is reaped, its exit code. Runs until killed."""
     cpu = preload()
     socket_path = Path(socket_path)
-    socket_path.unlink(missing_ok=True)
-    server = socket.socket(socket.AF_UNIX)
-    server.bind(str(socket_path))
-    server.listen(64)
+    server = bind_private(socket_path)
     if ready_file is not None:
         Path(ready_file).write_text(json.dumps({"pid": os.getpid(), "preload_cpu_s": cpu}))
     print(f"fedi2i ClientApp fork server ready on {socket_path} (preload {cpu:.2f} CPU-s)", flush=True)
@@ -160,6 +180,10 @@ def serve(socket_path: Path, ready_file: Path | None = None) -> None:
         if not readable:
             continue
         conn, _ = server.accept()
+        if not same_user(conn):  # the socket is 0600 already; a peer of another user is refused anyway
+            print("launch request from another user refused", file=sys.stderr, flush=True)
+            conn.close()
+            continue
         try:
             request, fds = _receive(conn)
         except (OSError, ValueError) as exc:
