@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -54,3 +55,20 @@ def test_round_trips(tmp_path: Path) -> None:
     save_safetensors(tmp_path / "t.safetensors", {"v": torch.arange(3.0)}, {"header": "{}"})
     tensors, meta = load_safetensors(tmp_path / "t.safetensors")
     assert torch.equal(tensors["v"], torch.arange(3.0)) and meta == {"header": "{}"}
+
+
+def test_atomic_writes_get_the_mode_a_plain_open_gives(tmp_path: Path) -> None:
+    # a report written atomically must be as readable as one written in place (mkstemp alone makes 0600)
+    import stat
+
+    from fedi2i.io import write_text
+
+    old = os.umask(0o022)
+    try:
+        write_text(tmp_path / "report.html", "<p>ok</p>")
+        with open(tmp_path / "plain.html", "w") as handle:
+            handle.write("<p>ok</p>")
+    finally:
+        os.umask(old)
+    mode = stat.S_IMODE((tmp_path / "report.html").stat().st_mode)
+    assert mode == stat.S_IMODE((tmp_path / "plain.html").stat().st_mode) == 0o644

@@ -36,10 +36,18 @@ def atomic_path(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, _created_mode())  # mkstemp makes 0600; the file gets what open() would have given it
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _created_mode() -> int:
+    """The mode a plain ``open(path, "w")`` gives a new file: 0666 less the process's umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def _atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
