@@ -164,6 +164,18 @@ def test_membership_finding_with_a_straddling_interval_is_inconclusive() -> None
     assert _finding(summarise(cells)[1], "FedMIA exposes membership").status == "not reproduced"
 
 
+def test_membership_threat_level_is_read_at_both_ends_of_the_best_interval() -> None:
+    # the best of many methods and centres is an optimistic point: 0.75 alone reads "medium", its interval
+    # reaching from 0.62 to 0.86 crosses into "high"
+    cells = {"membership/none": _membership("membership/none", {"C": (0.75, 0.62, 0.86), "D": (0.55, 0.45, 0.65)},
+                                            all_auc=0.91)}
+    membership = next(t for t in summarise(cells)[0] if t.threat.startswith("Membership inference"))
+    assert membership.verdict == "medium to high"
+    cells = {"membership/none": _membership("membership/none", {"C": (0.75, 0.70, 0.78)}, all_auc=0.91)}
+    membership = next(t for t in summarise(cells)[0] if t.threat.startswith("Membership inference"))
+    assert membership.verdict == "medium"
+
+
 def test_secagg_finding_reads_chance_only_from_a_clear_interval() -> None:
     cells = {"membership/secagg": _membership("membership/secagg", {"C": (0.58, 0.45, 0.71)}, all_auc=0.9)}
     secagg = _finding(summarise(cells)[1], "SecAgg brings membership")

@@ -11,6 +11,7 @@ from fedi2i.audit.findings.common import (CHANCE_AUC, CONFOUND, FEDMIA_METHODS, 
                                           parts_text)
 from fedi2i.audit.intervals import Interval
 
+
 def membership_aucs(result: dict[str, Any], methods: tuple[str, ...] | None = None,
                     level: str = "slice", field: str = "auc") -> list[float]:
     values = []
@@ -43,10 +44,22 @@ def same_centre_intervals(result: dict[str, Any], methods: tuple[str, ...] | Non
     return out
 
 
+def _best_interval(parts: dict[str, Interval | None], point: float | None) -> Interval | None:
+    """The interval of the part that holds the best same-centre AUC, if it has one."""
+    return next((v for v in parts.values() if v and point is not None and v.point == point), None)
+
+
 def _best_text(parts: dict[str, Interval | None], point: float | None) -> str:
     """The best same-centre AUC with its interval, if the part that holds it has one."""
-    iv = next((v for v in parts.values() if v and point is not None and v.point == point), None)
+    iv = _best_interval(parts, point)
     return iv.text() if iv else fmt(point)
+
+
+def _best_level(parts: dict[str, Interval | None], point: float | None) -> str:
+    """Exposure level of the best same-centre AUC, read at both ends of its interval where it has one (the
+    best of many methods and centres is the most optimistic point; its interval says how sure it is)."""
+    iv = _best_interval(parts, point)
+    return level_of_interval(iv, 0.8, 0.6) if iv else level(point, 0.8, 0.6)
 
 
 def mean_same_centre(result: dict[str, Any] | None, method: str) -> Interval | None:
@@ -101,12 +114,13 @@ def membership_findings(cells: dict[str, dict[str, Any]]) -> tuple[list[Threat],
     defended = [x for x in ((best_secure, "secure aggregation"), (best_dp, "differential privacy")) if x[0] is not None]
     best_def = min(defended) if defended else (None, "secure aggregation")
     def_parts = same_centre_intervals(secure if best_def[1] == "secure aggregation" else dp) if defended else {}
+    plain_parts = same_centre_intervals(plain) if plain else {}
     threats.append(Threat(
         "Membership inference (curious server learns who was in a centre's training set)",
         f"best same-centre AUC (membership itself) "
-        f"{_best_text(same_centre_intervals(plain) if plain else {}, best_plain)}; beside it, FedMIA-I AUC up "
+        f"{_best_text(plain_parts, best_plain)}; beside it, FedMIA-I AUC up "
         f"to {fmt(max(fedmia) if fedmia else None)} against all non-members ({CONFOUND})",
-        best_def[1], f"best same-centre AUC {_best_text(def_parts, best_def[0])}", level(best_plain, 0.8, 0.6)))
+        best_def[1], f"best same-centre AUC {_best_text(def_parts, best_def[0])}", _best_level(plain_parts, best_plain)))
     secure_global = mean_same_centre(secure, "loss-global")
     if secure is not None:
         fedmia_mean = mean_same_centre(plain, "fedmia-loss")

@@ -195,7 +195,7 @@ def _claim(effects: list[Effect], majority: set[int], threshold: float, *, claim
                      + ", ".join(f"{_times(e.single)} at {_part(e.config, majority)}" for e in shown))
         return text, status, parts_dict(parts)
     ratios = [e.single for e in effects if e.single is not None]
-    text = (f"unseen MAE vs clean: " + ", ".join(f"{_times(e.single)} at {_part(e.config, majority)}" for e in effects)
+    text = ("unseen MAE vs clean: " + ", ".join(f"{_times(e.single)} at {_part(e.config, majority)}" for e in effects)
             + f" ({SINGLE_RUN_NOTE})")
     status = single_run_status(ratios, threshold, claim_above=claim_above) if ratios else None
     return text, status, {}
