@@ -184,6 +184,25 @@ def test_secagg_finding_reads_chance_only_from_a_clear_interval() -> None:
     assert _finding(summarise(cells)[1], "SecAgg brings membership").status == "reproduced"
 
 
+def test_secagg_finding_is_decided_on_each_method_mean_over_centres() -> None:
+    # one centre's interval (0.45-0.71) cannot show chance; the mean over centres, stratified, can
+    def secure(mean: tuple[float, float, float]) -> dict[str, Any]:
+        centres = {"C": {"slice": {"auc": 0.9, "auc_same_centre": 0.58, "auc_same_centre_ci95": [0.45, 0.71]}},
+                   "D": {"slice": {"auc": 0.9, "auc_same_centre": 0.49, "auc_same_centre_ci95": [0.38, 0.60]}}}
+        method = {"available": True, "centres": centres,
+                  "same_centre_mean": {"auc": mean[0], "ci95": [mean[1], mean[2]]}}
+        result = MembershipResult(methods={"loss-global": method, "fedmia-loss": {"available": False}})
+        return {"membership/secagg": CellEntry(key="membership/secagg", kind="membership", title="secagg",
+                                               status="ok", result=result.to_dict()).to_dict()}
+
+    chance = _finding(summarise(secure((0.53, 0.47, 0.59)))[1], "SecAgg brings membership")
+    assert chance.status == "reproduced"
+    assert "loss-global 0.53 [95% CI 0.47-0.59]" in chance.ours and "intervals reaching 0.71" in chance.ours
+    assert chance.intervals == {"loss-global": [0.53, 0.47, 0.59]}
+    leaky = _finding(summarise(secure((0.60, 0.52, 0.70)))[1], "SecAgg brings membership")
+    assert leaky.status == "inconclusive"
+
+
 def test_results_of_schema_3_are_read_and_older_ones_refused(tmp_path) -> None:
     """Version 4 only added fields with defaults: a version 3 results.json is read as it is; a version 2 file
     is refused with a message naming the versions this fedi2i reads."""

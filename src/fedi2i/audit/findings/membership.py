@@ -149,13 +149,7 @@ def membership_findings(cells: dict[str, dict[str, Any]]) -> tuple[list[Threat],
         comps.append(Comparison("FedMIA exposes membership", "AUC 0.92-0.99", "not measured", "not measured"))
     secure_parts = same_centre_intervals(secure) if secure is not None else {}
     if secure_parts:
-        fedmia_secure = membership_aucs(secure, FEDMIA_METHODS)
-        ours = ("per-client FedMIA unavailable by construction; attacks on what the server sees, "
-                if not fedmia_secure else f"FedMIA AUC up to {max(fedmia_secure):.2f}; ")
-        ours += (f"same-centre AUC (95% CI over patients; chance up to {CHANCE_AUC}): {parts_text(secure_parts)}")
-        comps.append(Comparison("SecAgg brings membership inference to chance", "AUC 0.23-0.56", ours,
-                                interval_status(secure_parts, -math.inf, CHANCE_AUC, above="not reproduced"),
-                                parts_dict(secure_parts)))
+        comps.append(_secagg_comparison(secure, secure_parts))
     elif secure is not None:
         comps.append(Comparison("SecAgg brings membership inference to chance", "AUC 0.23-0.56",
                                 "no same-centre AUC under secure aggregation", "not measured"))
@@ -163,3 +157,40 @@ def membership_findings(cells: dict[str, dict[str, Any]]) -> tuple[list[Threat],
         comps.append(Comparison("SecAgg brings membership inference to chance", "AUC 0.23-0.56", "not measured",
                                 "not measured"))
     return threats, comps
+
+
+def method_means(result: dict[str, Any]) -> dict[str, Interval]:
+    """Each available method's same-centre AUC as a mean over the target centres, with its interval."""
+    out = {}
+    for name, method in (result.get("methods") or {}).items():
+        iv = mean_same_centre(result, name) if method.get("available", True) else None
+        if iv is not None:
+            out[name] = iv
+    return out
+
+
+def _secagg_comparison(secure: dict[str, Any], parts: dict[str, Interval | None]) -> Comparison:
+    """"SecAgg brings membership inference to chance", decided per method on the mean over centres.
+
+    One centre's interval rests on its 8 members and 12 non-members and is about 0.25 wide, so no centre alone
+    can show chance; the mean over centres (stratified bootstrap) can. Every method must stay below
+    ``CHANCE_AUC`` with its whole interval. The per-centre range is shown beside it, so a single leaky centre
+    stays visible. Results without the means (older cells) are decided per centre, as before.
+    """
+    fedmia_secure = membership_aucs(secure, FEDMIA_METHODS)
+    ours = ("per-client FedMIA unavailable by construction; attacks on what the server sees, "
+            if not fedmia_secure else f"FedMIA AUC up to {max(fedmia_secure):.2f}; ")
+    means = method_means(secure)
+    if means:
+        ivs = [iv for iv in parts.values() if iv]
+        beside = (f"; per centre and method {min(iv.point for iv in ivs):.2f}-{max(iv.point for iv in ivs):.2f}, "
+                  f"intervals reaching {max(iv.high for iv in ivs):.2f}") if ivs else ""
+        ours += (f"same-centre AUC, mean over centres per method (95% CI over patients; chance up to "
+                 f"{CHANCE_AUC}): {parts_text(dict(means))}{beside}")
+        decide: dict[str, Interval | None] = dict(means)
+    else:
+        ours += f"same-centre AUC (95% CI over patients; chance up to {CHANCE_AUC}): {parts_text(parts)}"
+        decide = parts
+    return Comparison("SecAgg brings membership inference to chance", "AUC 0.23-0.56", ours,
+                      interval_status(decide, -math.inf, CHANCE_AUC, above="not reproduced"), parts_dict(decide))
+
