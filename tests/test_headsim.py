@@ -67,7 +67,7 @@ def template() -> HeadTemplate:
 def patients(template: HeadTemplate, tmp_path_factory: pytest.TempPathFactory) -> dict[str, PatientVolumes]:
     root = tmp_path_factory.mktemp("heads")
     ids = build_head_dataset(root, n_centres=2, patients_per_centre=2, seed=0, spacing=SPACING,
-                             in_plane=IN_PLANE, progress=False)
+                             in_plane=IN_PLANE, progress=False, workers=2)
     assert ids == ["1BA001", "1BA002", "1BB001", "1BB002"]
     return {r.pid: load_patient(r) for r in scan_dataset(root)}
 
@@ -86,6 +86,18 @@ def test_template_pairs_the_colin_brain_with_the_ct_skull(template: HeadTemplate
     ct, spacing = headsim_sources.read_cranium_ct(fetch_head_sources())
     assert ct.shape == (108, 256, 256) and spacing[0] == pytest.approx(1.5)
     assert spacing[1] == pytest.approx(0.957, abs=1e-3)
+
+
+def test_patients_do_not_depend_on_the_number_of_build_processes(
+        patients: dict[str, PatientVolumes], tmp_path: Path) -> None:
+    # the fixture built its patients in a process pool; one process must write the same volumes
+    build_head_dataset(tmp_path, n_centres=2, patients_per_centre=1, seed=0, spacing=SPACING, in_plane=IN_PLANE,
+                       progress=False, workers=1)
+    serial = {r.pid: load_patient(r) for r in scan_dataset(tmp_path)}
+    assert sorted(serial) == ["1BA001", "1BB001"]
+    for pid, p in serial.items():
+        for name in ("mr", "ct", "mask"):
+            np.testing.assert_array_equal(getattr(p, name), getattr(patients[pid], name), err_msg=f"{pid} {name}")
 
 
 def test_volumes_are_paired_on_the_requested_grid(patients: dict[str, PatientVolumes]) -> None:

@@ -68,6 +68,8 @@ def test_results_are_json_with_quality_and_history(matrix: tuple) -> None:
     assert set(r["honest"]) == {"B", "C", "D"} and set(r["malicious_centres"]) == {"A"}
     assert set(r["unseen_mean"]) == {"mae", "psnr", "ssim"}
     assert Path(r["history_path"]).exists() and r["val_curve"][-1]["round"] == 3
+    # a matrix run draws no figures of its own (the matrix plots its summary): the run is done without them
+    assert (Path(r["run_dir"]) / "model.safetensors").exists() and not (Path(r["run_dir"]) / "figures").exists()
 
 
 def test_rerun_skips_finished_cells(matrix: tuple, tiny_data) -> None:

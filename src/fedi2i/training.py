@@ -47,6 +47,7 @@ class RunOptions:
     stop_after: int | None = None
     on_round: RoundCallback | None = None
     native_eval: bool = True  # also score the final model on each test patient's own grid (SynthRAD)
+    figures: bool = True  # the run's own figures (curves, sCT panels); matrix runs that plot their own skip them
 
 
 @dataclass
@@ -125,7 +126,8 @@ def train(config: Config, run_dir: Path, data: FederatedData | None = None,
         metrics.update(final_evaluation(model, data, config, options.native_eval))
         save_torch(run_dir / "model.pt", model.state_dict())
         save_model(run_dir / MODEL_FILE, model, config, data.grid)
-        write_figures(run, model, data, config, run_dir)
+        if options.figures:
+            write_figures(run, model, data, config, run_dir)
     write_json(run_dir / "metrics.json", metrics)
     return RunResult(run_dir, run, metrics, model)
 

@@ -13,11 +13,14 @@ resolution, CT noise and offset, and a slight MRI-CT misregistration.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
+import multiprocessing
 import os
 import string
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -553,12 +556,14 @@ def _check_args(n_centres: int, patients_per_centre: int, spacing: tuple[float, 
 def build_head_dataset(root: Path, n_centres: int = 5, patients_per_centre: int = 12, seed: int = 0,
                        spacing: tuple[float, float, float] = (3.0, 1.875, 1.875), in_plane: int = 128,
                        cache_dir: Path | None = None, fmt: str = "nii.gz",
-                       progress: bool = True) -> list[str]:
+                       progress: bool = True, workers: int | None = None) -> list[str]:
     """Write a federated paired MRI/CT head dataset in the SynthRAD layout; return the patient IDs.
 
     The grid is ``in_plane`` x ``in_plane`` voxels at ``spacing`` (a small FOV crops the head), with
-    enough slices to cover the head. Raises HeadSourcesUnavailable when the real head data cannot be
-    fetched (callers fall back to the procedural phantom).
+    enough slices to cover the head. Patients are simulated in ``workers`` processes (default: the usable
+    cores); each patient is seeded by (seed, centre, patient), so the files do not depend on the number of
+    workers. Raises HeadSourcesUnavailable when the real head data cannot be fetched (callers fall back to
+    the procedural phantom).
     """
     spacing = tuple(float(s) for s in spacing)  # type: ignore[assignment]
     _check_args(n_centres, patients_per_centre, spacing, in_plane, fmt)
@@ -566,16 +571,42 @@ def build_head_dataset(root: Path, n_centres: int = 5, patients_per_centre: int 
     jobs = [(c, i) for c in range(n_centres) for i in range(patients_per_centre)]
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    ids: list[str] = []
-    if progress:
-        from rich.progress import track
-
-        iterator = track(jobs, description="Simulating paired heads")
+    workers = max(1, min(len(jobs), workers or len(os.sched_getaffinity(0))))
+    simulate = functools.partial(_simulate_and_write, root=root, seed=seed, spacing=spacing, in_plane=in_plane,
+                                 fmt=fmt)
+    if workers == 1:
+        _init_worker(template)
+        results = map(simulate, jobs)
+        pool = None
     else:
-        iterator = iter(jobs)
-    for centre_index, index in iterator:
-        pid = patient_id(string.ascii_uppercase[centre_index], index + 1)
-        mr, ct, mask = simulate_patient(template, centre_index, index, seed, spacing, in_plane)
-        write_patient(root, pid, mr, ct, mask, spacing, fmt)
-        ids.append(pid)
-    return ids
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_init_worker, initargs=(template,))
+        results = pool.map(simulate, jobs)
+    try:
+        if progress:
+            from rich.progress import track
+
+            results = track(results, total=len(jobs), description="Simulating paired heads")
+        return list(results)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+
+
+_WORKER_TEMPLATE: HeadTemplate | None = None
+
+
+def _init_worker(template: HeadTemplate) -> None:
+    """Each worker process receives the template once, not with every patient."""
+    global _WORKER_TEMPLATE
+    _WORKER_TEMPLATE = template
+
+
+def _simulate_and_write(job: tuple[int, int], root: Path, seed: int, spacing: tuple[float, float, float],
+                        in_plane: int, fmt: str) -> str:
+    centre_index, index = job
+    assert _WORKER_TEMPLATE is not None
+    pid = patient_id(string.ascii_uppercase[centre_index], index + 1)
+    mr, ct, mask = simulate_patient(_WORKER_TEMPLATE, centre_index, index, seed, spacing, in_plane)
+    write_patient(root, pid, mr, ct, mask, spacing, fmt)
+    return pid

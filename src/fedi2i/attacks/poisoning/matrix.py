@@ -275,7 +275,7 @@ def _train_cell(config: Config, data: FederatedData, cell: PoisonCell, out_dir: 
     try:
         res = train(cfg, run_dir, data, RunOptions(data_transforms=data_t, update_transforms=update_t,
                                                    monitors=[detector], resume=False, on_round=record,
-                                                   native_eval=False))
+                                                   native_eval=False, figures=False))
     except AggregationError as exc:
         # Too few usable (finite) updates in a round: the federation stopped working, which is the outcome
         # the attack aimed for, not an error of the experiment.
