@@ -66,9 +66,10 @@ def _seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-# Rough seconds per cell kind on the quick preset (one torch thread): a training run of 15 rounds costs
-# several attack cells. Only their order matters: it decides which ready cell is handed out first.
-KIND_SECONDS = {"train": 240.0, "membership": 30.0, "inversion": 25.0, "poison": 45.0}
+# Seconds per cell kind, measured in the quick audit on 2 idle cores (one torch thread per worker; means
+# over 4 training, 3 membership, 33 inversion and 42 poisoning cells). Only their order matters: it decides
+# which ready cell is handed out first.
+KIND_SECONDS = {"train": 72.0, "membership": 46.0, "inversion": 14.0, "poison": 25.0}
 
 
 def cell_cost(cell: AuditCell, seen: dict[str, float] | None = None) -> float:
