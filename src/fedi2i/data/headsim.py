@@ -575,8 +575,7 @@ def build_head_dataset(root: Path, n_centres: int = 5, patients_per_centre: int 
     simulate = functools.partial(_simulate_and_write, root=root, seed=seed, spacing=spacing, in_plane=in_plane,
                                  fmt=fmt)
     if workers == 1:
-        _init_worker(template)
-        results = map(simulate, jobs)
+        results = map(functools.partial(simulate, template=template), jobs)
         pool = None
     else:
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
@@ -603,10 +602,12 @@ def _init_worker(template: HeadTemplate) -> None:
 
 
 def _simulate_and_write(job: tuple[int, int], root: Path, seed: int, spacing: tuple[float, float, float],
-                        in_plane: int, fmt: str) -> str:
+                        in_plane: int, fmt: str, template: HeadTemplate | None = None) -> str:
+    """One patient simulated and written; ``template`` in the calling process, else the worker's copy."""
     centre_index, index = job
-    assert _WORKER_TEMPLATE is not None
+    template = template if template is not None else _WORKER_TEMPLATE
+    assert template is not None, "a pool worker gets its template from _init_worker"
     pid = patient_id(string.ascii_uppercase[centre_index], index + 1)
-    mr, ct, mask = simulate_patient(_WORKER_TEMPLATE, centre_index, index, seed, spacing, in_plane)
+    mr, ct, mask = simulate_patient(template, centre_index, index, seed, spacing, in_plane)
     write_patient(root, pid, mr, ct, mask, spacing, fmt)
     return pid
