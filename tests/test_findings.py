@@ -3,6 +3,7 @@ SecAgg ratio over the same patients; and they read it from its interval (inversi
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -292,3 +293,23 @@ def test_report_shows_the_intervals_and_the_seeds(tmp_path, phantom_root) -> Non
     assert "258 / 510 / 788" in html and "150 / 300 / 450" in html  # the poisoning section, per seed
     [high] = [e for e in results.poison_effects if e.level == "high"]
     assert high.seeds == list(SEEDS) and high.judged and high.ratio is not None and high.ratio[1] > 1.5
+
+
+def test_a_membership_cell_of_another_shape_is_refused_naming_the_field(tmp_path) -> None:
+    """Membership findings read typed results: an AUC that is not a number fails where the cell is read, with
+    the path to the field, instead of a KeyError or a wrong comparison deep inside the findings."""
+    from fedi2i.audit.schema import load_cell
+    from fedi2i.errors import RunStateError
+
+    good = {"methods": {"loss": {"available": True, "centres": {"A": {"slice": {
+        "auc": 0.7, "auc_same_centre": 0.6, "auc_same_centre_ci95": [0.5, 0.7], "tpr@1e-2": 0.1}}}}}}
+    entry = CellEntry(key="membership/none", kind="membership", title="m", status="ok", result=good)
+    typed = entry.typed()
+    assert typed.methods["loss"].centres["A"].slice.tpr_at_1e_2 == 0.1  # read through its alias
+    assert entry.to_dict()["result"]["methods"]["loss"]["centres"]["A"]["slice"]["tpr@1e-2"] == 0.1
+    bad = {"methods": {"loss": {"centres": {"A": {"slice": {"auc_same_centre": "high"}}}}}}
+    path = tmp_path / "membership_none.json"
+    path.write_text(json.dumps({"key": "membership/none", "kind": "membership", "title": "m", "status": "ok",
+                                "result": bad}))
+    with pytest.raises(RunStateError, match=r"methods\.loss\.centres\.A\.slice\.auc_same_centre"):
+        load_cell(path)

@@ -27,7 +27,8 @@ from fedi2i.audit.findings import (Comparison, Threat, membership_aucs, poison_e
                                    unusable_numbers)
 from fedi2i.audit.plan import AuditCell
 from fedi2i.audit.report_inversion import section_inversion
-from fedi2i.audit.schema import AuditResults, PoisonEffect, finite_json
+from fedi2i.audit.findings.membership import membership_results
+from fedi2i.audit.schema import AuditResults, MembershipResult, PoisonEffect, finite_json
 from fedi2i.audit.store import CellStore
 from fedi2i.config import Config
 from fedi2i.io import read_json, write_text
@@ -76,8 +77,9 @@ def _csv(cells: dict[str, dict[str, Any]]) -> str:
             for centre, s in (result.get("unseen") or {}).items():
                 metrics += [(f"unseen_{centre}_{m}", s[m]) for m in ("mae", "psnr", "ssim")]
         elif cell.get("kind") == "membership":
-            for method, m in (result.get("methods") or {}).items():
-                aucs = membership_aucs({"methods": {method: m}})
+            typed = MembershipResult.model_validate(result)
+            for method in typed.methods:
+                aucs = membership_aucs(typed, (method,))
                 metrics.append((f"{method}_max_auc", max(aucs) if aucs else None))
         elif cell.get("kind") == "inversion":
             metrics += [(m, result.get(m)) for m in ("mri_ssim", "mri_psnr", "ct_ssim", "ct_psnr")]
@@ -173,19 +175,16 @@ def _section_membership(r: ReportInputs) -> str:
              "patients, non-members are held-out patients of the same centre and of the unseen centre. "
              "Same-centre AUC is the true membership signal (other-centre non-members can be told apart by "
              "scanner alone).</p>"]
-    for key, cell in r.cells.items():
-        if cell.get("kind") != "membership" or cell.get("status") != "ok":
-            continue
+    for key, result in membership_results(r.cells).items():
         rows = []
-        for method, m in (cell["result"].get("methods") or {}).items():
-            if not m.get("available", True):
-                rows.append((method, "-", "unavailable: " + str(m.get("reason", "")), "", "", ""))
+        for method, m in result.methods.items():
+            if not m.available:
+                rows.append((method, "-", "unavailable: " + m.reason, "", "", ""))
                 continue
-            for centre, res in (m.get("centres") or {}).items():
-                s, p = res.get("slice") or {}, res.get("patient") or {}
-                rows.append((method, centre, _num(s.get("auc"), 3), _num(p.get("auc"), 3),
-                             _num(s.get("auc_same_centre"), 3),
-                             f"{_num(s.get('tpr@1e-2'), 3)} (n_neg={s.get('n_nonmembers')})"))
+            for centre, res in m.centres.items():
+                s, p = res.slice, res.patient
+                rows.append((method, centre, _num(s.auc, 3), _num(p.auc, 3), _num(s.auc_same_centre, 3),
+                             f"{_num(s.tpr_at_1e_2, 3)} (n_neg={s.n_nonmembers})"))
         parts.append(f"<h3>{H.esc(key)}</h3>" + H.table(
             ["method", "centre", "AUC (slice)", "AUC (patient)", "AUC same-centre", "TPR@FPR=1e-2"], rows))
         parts.append(_figures(sorted((r.out_dir / "membership" / key.split("/")[1]).rglob("*.png")), 4))

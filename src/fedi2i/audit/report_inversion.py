@@ -12,6 +12,8 @@ from typing import Any, Protocol
 
 from fedi2i.attacks.inversion.judge import HIGH_MARGIN, LEAK_MARGIN, SEARCH_LIMITED, read_cell
 from fedi2i.audit import html as H
+from fedi2i.audit.findings.common import typed_results
+from fedi2i.audit.schema import InversionResult
 
 
 class Inputs(Protocol):
@@ -28,55 +30,51 @@ def _num(value: Any, fmt: str) -> str:
     return "n/a" if value is None else format(value, fmt)
 
 
-def _row(x: dict[str, Any]) -> tuple[object, ...]:
-    reading = read_cell(x)
-    gap = x.get("objective_gap") or {}
-    curve = x.get("budget_curve") or {}
-    base = (x.get("method"), x.get("batch"), x.get("steps"), x.get("stage"), x.get("defence"),
-            f"{_num(x.get('mri_ssim'), '.3f')} / {_num(x.get('ct_ssim'), '.3f')}")
+def _row(x: InversionResult) -> tuple[object, ...]:
+    reading = read_cell(x.to_dict())
+    gap, curve = x.objective_gap, x.budget_curve
+    base = (x.method, x.batch, x.steps, x.stage, x.defence, f"{_num(x.mri_ssim, '.3f')} / {_num(x.ct_ssim, '.3f')}")
     if reading is None:
-        return (*base, "not scored (older result)", "", "", "", "", "", x.get("iterations"),
-                _num(x.get("seconds"), ".0f"))
+        return (*base, "not scored (older result)", "", "", "", "", "", x.iterations, _num(x.seconds, ".0f"))
     ci = ("no interval" if reading.low is None or reading.high is None
           else f"[{reading.low:+.3f}, {reading.high:+.3f}]")
-    improving = curve.get("still_improving")
+    improving = curve.still_improving if curve is not None else None
     return (*base, f"{reading.modality.upper()} {reading.margin:+.3f} {ci}",
             f"{reading.reid_top1:.0%} ({reading.reid_chance:.0%})",
-            f"{_num(gap.get('reconstruction'), '.4f')} / {_num(gap.get('truth'), '.1e')}",
+            f"{_num(gap.reconstruction if gap else None, '.4f')} / {_num(gap.truth if gap else None, '.1e')}",
             "n/a" if reading.gap_ratio is None else f"{reading.gap_ratio:.3g}x",
             "n/a" if improving is None else ("yes" if improving else "no"), reading.verdict,
-            x.get("iterations"), _num(x.get("seconds"), ".0f"))
+            x.iterations, _num(x.seconds, ".0f"))
 
 
-def _curve(rows: list[dict[str, Any]], out_dir: Path) -> str:
+def _curve(rows: list[InversionResult], out_dir: Path) -> str:
     """The budget curve of the base settings without defence (one line per method and batch size)."""
     from fedi2i.attacks.inversion.figures import budget_curve_figure
 
-    base = [x for x in rows if x.get("defence") == "none" and (x.get("budget_curve") or {}).get("points")]
+    base = [x for x in rows if x.defence == "none" and x.budget_curve is not None and x.budget_curve.points]
     if not base:
         return ""
-    steps, stage = min(x.get("steps", 1) for x in base), "early"
-    chosen = [x for x in base if x.get("steps") == steps and x.get("stage") == stage] or base
-    chosen = [x for x in chosen if x.get("client") == chosen[0].get("client")]
-    curves = {f"{x['method']} b{x['batch']}": x["budget_curve"]["points"]
-              for x in sorted(chosen, key=lambda x: (x["method"], x["batch"]))}
+    steps, stage = min(x.steps for x in base), "early"
+    chosen = [x for x in base if x.steps == steps and x.stage == stage] or base
+    chosen = [x for x in chosen if x.client == chosen[0].client]
+    curves = {f"{x.method} b{x.batch}": x.budget_curve.points
+              for x in sorted(chosen, key=lambda x: (x.method, x.batch)) if x.budget_curve is not None}
     path = budget_curve_figure(curves, out_dir / "inversion" / CURVE_FILE,
                                f"inversion score against the attacker's budget (no defence, {steps} local step(s), "
                                f"{stage} model)")
-    still = [x for x in base if (x.get("budget_curve") or {}).get("still_improving")]
+    still = [x for x in base if x.budget_curve is not None and x.budget_curve.still_improving]
     return (f"<p>Still improving when it stopped: {len(still)} of {len(base)} settings without defence (the update "
             "distance fell by 10 % or more over the last half of the iterations): a larger budget may recover "
             "more there.</p>" + H.figure(path, "budget curve: in-mask margin and update distance against iterations"))
 
 
 def section_inversion(r: Inputs) -> str:
-    rows = [c["result"] for c in r.cells.values() if c.get("kind") == "inversion" and c.get("status") == "ok"]
+    rows = list(typed_results(r.cells, "inversion", InversionResult).values())
     if not rows:
         return ""
     order = {"none": 0, "secagg": 1, "dp": 2, "dpsgd": 3}
-    rows.sort(key=lambda x: (str(x.get("stage")), x.get("steps", 1), order.get(str(x.get("defence")), 9),
-                             str(x.get("method")), x.get("batch", 0)))
-    readings = [read_cell(x) for x in rows]
+    rows.sort(key=lambda x: (x.stage, x.steps, order.get(x.defence, 9), x.method, x.batch))
+    readings = [read_cell(x.to_dict()) for x in rows]
     limited = sum(1 for x in readings if x is not None and x.verdict == SEARCH_LIMITED)
     intro = (
         "<h2>Gradient inversion</h2><p>What a curious server rebuilds of a centre's slices from its update. "
@@ -95,10 +93,9 @@ def section_inversion(r: Inputs) -> str:
     table = H.table(["method", "batch", "local steps", "model", "defence", "raw MRI / CT SSIM",
                      "in-mask margin [95% CI]", "re-identified (chance)", "update distance recon / truth", "gap",
                      "still improving", "reading", "iterations", "seconds"], [_row(x) for x in rows])
-    priors = sorted({(x.get("prior") or {}).get("init", "") + ": " + (x.get("prior") or {}).get("source", "")
-                     for x in rows if x.get("prior")})
+    priors = sorted({f"{x.prior.init}: {x.prior.source}" for x in rows if x.prior is not None})
     prior_txt = (f"<p class='small'>Attacker's prior (public slices, never the victim's): {H.esc('; '.join(priors))}."
                  "</p>" if priors else "")
-    figs = [Path(x["figure"]) for x in rows if x.get("figure")][:MAX_SLICE_FIGURES]
+    figs = [Path(x.figure) for x in rows if x.figure][:MAX_SLICE_FIGURES]
     slices = "".join(H.figure(p, p.stem.replace("_", " ")) for p in figs)
     return intro + table + prior_txt + _curve(rows, r.out_dir) + slices

@@ -111,8 +111,65 @@ class TrainResult(CellResult):
     unseen_patients: dict[str, dict[str, Metrics]] | None = None
 
 
+class AucScores(CellResult):
+    """One membership method's scores at one level (slice or patient) for one target centre."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True, serialize_by_alias=True)
+
+    auc: float | None = None
+    auc_same_centre: float | None = None  # against same-centre non-members: membership itself
+    auc_same_centre_ci95: list[float] | None = None  # patient-clustered bootstrap; None with bootstrap off
+    n_members: int | None = None
+    n_nonmembers: int | None = None
+    n_same_centre: int | None = None
+    tpr_at_1e_2: float | None = Field(default=None, alias="tpr@1e-2")
+
+
+class MembershipCentre(CellResult):
+    slice: AucScores = Field(default_factory=AucScores)
+    patient: AucScores = Field(default_factory=AucScores)
+
+
+class MeanAuc(CellResult):
+    """An AUC averaged over the target centres, with its stratified 95 % interval."""
+
+    auc: float | None = None
+    ci95: list[float] | None = None
+
+
+class MembershipMethod(CellResult):
+    """One attack's result: unavailable (with the reason, e.g. FedMIA under secure aggregation), or its scores
+    per target centre and their mean over centres."""
+
+    available: bool = True
+    reason: str = ""
+    centres: dict[str, MembershipCentre] = Field(default_factory=dict)
+    same_centre_mean: MeanAuc | None = None
+
+
+class ExposurePoint(MeanAuc):
+    """A point of an exposure curve: the mean same-centre AUC at one round or federation size."""
+
+    round: int | None = None
+    patients: int | None = None
+
+
+class ExposureCurve(CellResult):
+    methods: dict[str, list[ExposurePoint]] = Field(default_factory=dict)
+
+
+class MembershipCandidates(CellResult):
+    member_patients: dict[str, int] = Field(default_factory=dict)
+
+
 class MembershipResult(CellResult):
-    methods: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    methods: dict[str, MembershipMethod] = Field(default_factory=dict)
+    candidates: MembershipCandidates | None = None
+    exposure_round: ExposureCurve | None = None  # per-round exposure (absent where it was not measured)
+    train_patients: int | None = None  # the federation-size cells: training patients per centre
+
+    def available(self) -> dict[str, MembershipMethod]:
+        return {name: m for name, m in self.methods.items() if m.available}
 
 
 class InversionDeciding(CellResult):
@@ -136,10 +193,29 @@ class InversionGap(CellResult):
     large: bool
 
 
+class BudgetCurve(CellResult):
+    """The in-mask margin and update distance against the attacker's iterations (``points``: one dict each)."""
+
+    points: list[dict[str, float | None]] = Field(default_factory=list)
+    still_improving: bool | None = None
+
+
+class InversionPrior(CellResult):
+    init: str = ""
+    source: str = ""
+
+
 class InversionResult(CellResult):
+    key: str = ""
     method: str
     batch: int
     defence: str
+    steps: int = 1
+    stage: str = ""
+    client: str | None = None
+    iterations: int | None = None
+    seconds: float | None = None
+    prior: InversionPrior | None = None
     mri_ssim: float | None = None
     mri_psnr: float | None = None
     ct_ssim: float | None = None
@@ -148,7 +224,7 @@ class InversionResult(CellResult):
     # fedi2i.attacks.inversion.assess; None in cells written before them (the findings name and skip those)
     anatomy: InversionAnatomy | None = None
     objective_gap: InversionGap | None = None
-    budget_curve: dict[str, Any] | None = None
+    budget_curve: BudgetCurve | None = None
     figure: str | None = None
 
 

@@ -12,13 +12,13 @@ from dataclasses import asdict
 from typing import Any
 
 from fedi2i.audit.findings.common import STUDY, Comparison, Threat, level_of_interval, verdict_range
-from fedi2i.audit.findings.inversion import inversion_findings, inversion_margin
+from fedi2i.audit.findings.inversion import inversion_findings
 from fedi2i.audit.findings.membership import membership_aucs, membership_findings
 from fedi2i.audit.findings.poisoning import poisoning_parts, single_run_status
 from fedi2i.audit.findings.quality import quality, quality_findings, unusable_numbers
 from fedi2i.audit.schema import PoisonEffect
 
-__all__ = ["STUDY", "Comparison", "Threat", "as_dicts", "inversion_margin", "level_of_interval", "membership_aucs",
+__all__ = ["STUDY", "Comparison", "Threat", "as_dicts", "level_of_interval", "membership_aucs",
            "poison_effects", "quality", "single_run_status", "summarise", "unusable_numbers", "verdict_range"]
 
 

@@ -22,30 +22,24 @@ from typing import Any
 
 from fedi2i.attacks.inversion.judge import (HIGH_MARGIN, LEAK_MARGIN, SEARCH_LIMITED, CellReading, most_revealing,
                                             overall, read_cell)
-from fedi2i.audit.findings.common import Comparison, Threat, ok_results
+from fedi2i.audit.findings.common import Comparison, Threat, fmt, typed_results
+from fedi2i.audit.schema import InversionResult
 
 DEFENCES = {"secagg": "secure aggregation", "dp": "differential privacy"}
 OLD = "scored before the in-mask anatomy score (delete their cells/inversion files to recompute them)"
 
 
-def inversion_rows(cells: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    return list(ok_results(cells, "inversion").values())
+def inversion_rows(cells: dict[str, dict[str, Any]]) -> list[InversionResult]:
+    return list(typed_results(cells, "inversion", InversionResult).values())
 
 
-def inversion_margin(row: dict[str, Any]) -> float | None:
-    """The deciding number of a cell: in-mask SSIM over other patients' slices (best modality); None for a
-    cell scored before it existed."""
-    reading = read_cell(row)
-    return None if reading is None else reading.margin
-
-
-def _readings(rows: list[dict[str, Any]], defence: str, methods: tuple[str, ...] | None = None,
+def _readings(rows: list[InversionResult], defence: str, methods: tuple[str, ...] | None = None,
               exclude: tuple[str, ...] = ()) -> list[CellReading]:
     out = []
     for r in rows:
-        if r.get("defence") != defence or (methods and r.get("method") not in methods) or r.get("method") in exclude:
+        if r.defence != defence or (methods and r.method not in methods) or r.method in exclude:
             continue
-        reading = read_cell(r)
+        reading = read_cell(r.to_dict())
         if reading is not None:
             out.append(reading)
     return out
@@ -87,7 +81,7 @@ def inversion_findings(cells: dict[str, dict[str, Any]]) -> tuple[list[Threat], 
     rows = inversion_rows(cells)
     if not rows:
         return threats, comps
-    old = [r for r in rows if read_cell(r) is None]
+    old = [r for r in rows if r.anatomy is None]
     none = _readings(rows, "none")
     threat = "Gradient inversion (curious server reconstructs a centre's images from its update)"
     if not none:
@@ -109,11 +103,11 @@ def inversion_findings(cells: dict[str, dict[str, Any]]) -> tuple[list[Threat], 
     dlg = _readings(rows, "none", ("dlg",))
     best_dlg = most_revealing(dlg)
     if best_dlg is not None:
-        raw = next(r for r in rows if r.get("key") == best_dlg.key) if best_dlg.key else {}
+        raw = next((r for r in rows if r.key == best_dlg.key), None) if best_dlg.key else None
+        ssim, psnr = (raw.mri_ssim, raw.mri_psnr) if raw is not None else (None, None)
         comps.append(Comparison(
             "DLG recovers only coarse anatomy", "SSIM <= 0.16, PSNR <= 11 dB",
-            f"best DLG: {best_dlg.text()}; raw whole-slice MRI SSIM {raw.get('mri_ssim', float('nan')):.2f}, PSNR "
-            f"{raw.get('mri_psnr', float('nan')):.1f} dB. Reproduced while the in-mask margin stays below "
+            f"best DLG: {best_dlg.text()}; raw whole-slice MRI SSIM {fmt(ssim)}, PSNR {fmt(psnr, 1)} dB. Reproduced while the in-mask margin stays below "
             f"{HIGH_MARGIN} (detail) with its whole interval",
             _interval_status(best_dlg, HIGH_MARGIN), intervals=_intervals([best_dlg])))
     stronger = _readings(rows, "none", exclude=("dlg",))

@@ -7,40 +7,46 @@ import math
 from typing import Any
 
 from fedi2i.audit.findings.common import (CHANCE_AUC, CONFOUND, FEDMIA_METHODS, STUDY, Comparison, Threat, fmt,
-                                          interval_status, level, level_of_interval, ok_results, parts_dict,
-                                          parts_text)
+                                          interval_status, level, level_of_interval, parts_dict, parts_text,
+                                          typed_results)
 from fedi2i.audit.intervals import Interval
+from fedi2i.audit.schema import MembershipResult
 
 
-def membership_aucs(result: dict[str, Any], methods: tuple[str, ...] | None = None,
-                    level: str = "slice", field: str = "auc") -> list[float]:
+def membership_results(cells: dict[str, dict[str, Any]]) -> dict[str, MembershipResult]:
+    """The finished membership cells, by key (``membership/none``, ``membership/secagg``, ...)."""
+    return typed_results(cells, "membership", MembershipResult)
+
+
+def membership_aucs(result: MembershipResult, methods: tuple[str, ...] | None = None,
+                    level: str = "slice", same_centre: bool = False) -> list[float]:
+    """Every available method's AUC at ``level`` over the target centres (against same-centre non-members
+    with ``same_centre``, else against all non-members)."""
     values = []
-    for name, method in (result.get("methods") or {}).items():
+    for name, method in result.available().items():
         if methods is not None and name not in methods:
             continue
-        if not method.get("available", True):
-            continue
-        for centre in (method.get("centres") or {}).values():
-            v = (centre.get(level) or {}).get(field)
+        for centre in method.centres.values():
+            scores = getattr(centre, level)
+            v = scores.auc_same_centre if same_centre else scores.auc
             if v is not None:
                 values.append(float(v))
     return values
 
 
-def same_centre_intervals(result: dict[str, Any], methods: tuple[str, ...] | None = None
+def same_centre_intervals(result: MembershipResult, methods: tuple[str, ...] | None = None
                           ) -> dict[str, Interval | None]:
     """Slice-level AUC against same-centre non-members, with the patient-clustered bootstrap interval the
     membership attack stored beside it, per centre (and per method when several are read). None where no
     interval was computed (bootstrap turned off)."""
     out: dict[str, Interval | None] = {}
-    for name, method in (result.get("methods") or {}).items():
-        if (methods is not None and name not in methods) or not method.get("available", True):
+    for name, method in result.available().items():
+        if methods is not None and name not in methods:
             continue
-        for centre, block in (method.get("centres") or {}).items():
-            s = block.get("slice") or {}
-            if s.get("auc_same_centre") is not None:
+        for centre, block in method.centres.items():
+            if block.slice.auc_same_centre is not None:
                 label = centre if methods is not None and len(methods) == 1 else f"{name} {centre}"
-                out[label] = Interval.from_ci(s["auc_same_centre"], s.get("auc_same_centre_ci95"))
+                out[label] = Interval.from_ci(block.slice.auc_same_centre, block.slice.auc_same_centre_ci95)
     return out
 
 
@@ -62,11 +68,11 @@ def _best_level(parts: dict[str, Interval | None], point: float | None) -> str:
     return level_of_interval(iv, 0.8, 0.6) if iv else level(point, 0.8, 0.6)
 
 
-def mean_same_centre(result: dict[str, Any] | None, method: str) -> Interval | None:
+def mean_same_centre(result: MembershipResult | None, method: str) -> Interval | None:
     """One method's same-centre AUC as a mean over the target centres, with its stratified 95% interval."""
-    m = ((result or {}).get("methods") or {}).get(method) or {}
-    mean = m.get("same_centre_mean") or {} if m.get("available", True) else {}
-    return Interval.from_ci(mean.get("auc"), mean.get("ci95"))
+    m = result.available().get(method) if result is not None else None
+    mean = m.same_centre_mean if m is not None else None
+    return Interval.from_ci(mean.auc, mean.ci95) if mean is not None else None
 
 
 def _iv_text(iv: Interval | None) -> str:
@@ -76,7 +82,7 @@ def _iv_text(iv: Interval | None) -> str:
 def secagg_statement(cells: dict[str, dict[str, Any]]) -> str | None:
     """What secure aggregation removes (FedMIA on each centre's update) and what it leaves: the exposure of the
     aggregate model every centre receives. None without a SecAgg membership cell."""
-    membership = ok_results(cells, "membership")
+    membership = membership_results(cells)
     secure = membership.get("membership/secagg")
     if secure is None:
         return None
@@ -92,10 +98,10 @@ def secagg_statement(cells: dict[str, dict[str, Any]]) -> str | None:
             "differential privacy, lowers that exposure.")
 
 
-def best_available_auc(result: dict[str, Any]) -> float | None:
+def best_available_auc(result: MembershipResult) -> float | None:
     """Best same-centre AUC over methods: the membership signal itself, not the scanner confound
     (non-members from another centre can be rejected because of their scanner alone)."""
-    values = membership_aucs(result, field="auc_same_centre")
+    values = membership_aucs(result, same_centre=True)
     return max(values) if values else None
 
 
@@ -103,7 +109,7 @@ def membership_findings(cells: dict[str, dict[str, Any]]) -> tuple[list[Threat],
     """The membership threat row and the study's two membership findings."""
     threats: list[Threat] = []
     comps: list[Comparison] = []
-    membership = ok_results(cells, "membership")
+    membership = membership_results(cells)
     plain = membership.get("membership/none")
     secure = membership.get("membership/secagg")
     dp = membership.get("membership/dp")
@@ -159,17 +165,13 @@ def membership_findings(cells: dict[str, dict[str, Any]]) -> tuple[list[Threat],
     return threats, comps
 
 
-def method_means(result: dict[str, Any]) -> dict[str, Interval]:
+def method_means(result: MembershipResult) -> dict[str, Interval]:
     """Each available method's same-centre AUC as a mean over the target centres, with its interval."""
-    out = {}
-    for name, method in (result.get("methods") or {}).items():
-        iv = mean_same_centre(result, name) if method.get("available", True) else None
-        if iv is not None:
-            out[name] = iv
-    return out
+    means = {name: mean_same_centre(result, name) for name in result.available()}
+    return {name: iv for name, iv in means.items() if iv is not None}
 
 
-def _secagg_comparison(secure: dict[str, Any], parts: dict[str, Interval | None]) -> Comparison:
+def _secagg_comparison(secure: MembershipResult, parts: dict[str, Interval | None]) -> Comparison:
     """"SecAgg brings membership inference to chance", decided per method on the mean over centres.
 
     One centre's interval rests on its 8 members and 12 non-members and is about 0.25 wide, so no centre alone

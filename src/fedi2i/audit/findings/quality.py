@@ -54,8 +54,7 @@ def unusable_numbers(cells: dict[str, dict[str, Any]]) -> list[dict[str, str]]:
             why += [f"detector scores not finite for {', '.join(bad)} (left out of the ROC)"] if bad else []
         elif isinstance(result, InversionResult) and not finite(result.mri_ssim):
             why.append("no finite reconstruction SSIM")
-        elif isinstance(result, MembershipResult) and result.methods and not membership_aucs(
-                {"methods": result.methods}):
+        elif isinstance(result, MembershipResult) and result.methods and not membership_aucs(result):
             why.append("no finite AUC for any method")
         if why:
             out.append({"key": key, "why": "; ".join(why)})
