@@ -25,6 +25,17 @@ def test_help_lists_commands() -> None:
     assert "--record-rounds" in train_help.output and "--centralised" in train_help.output
 
 
+def test_preset_help_names_every_shipped_preset() -> None:
+    from fedi2i.config import preset_names
+
+    assert "reference" in preset_names()
+    for command in (["audit"], ["train"], ["attack", "poison"], ["flower", "config"]):
+        result = runner.invoke(app, [*command, "--help"])
+        assert result.exit_code == 0, result.output
+        flat = " ".join(result.output.replace("│", " ").split())  # the help box wraps the text
+        assert f"({', '.join(preset_names())})" in flat, (command, flat)
+
+
 def test_train_cli_tiny(phantom_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     result = runner.invoke(app, ["train", "-c", "tiny", "--data", str(phantom_root), "--out", str(out),

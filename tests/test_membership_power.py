@@ -255,3 +255,23 @@ def test_report_states_what_secagg_does_not_protect_with_its_interval(tiny_confi
     assert row["verdict"] == "low to medium"  # read from the interval's two ends (chance up to 0.6)
     assert (tmp_path / "membership" / "exposure_round.png").is_file()
     assert "0.58 [0.52-0.64]" in html  # a point of the round curve's table
+
+
+def test_only_the_federations_the_report_draws_measure_the_round_curve(tiny_config, tmp_path: Path,
+                                                                        monkeypatch) -> None:
+    """The round curve costs a pass over every recorded round: the DP cell, whose curve no report shows, skips
+    it; the plain and SecAgg cells keep it."""
+    import fedi2i.attacks.membership.run as membership_run
+    from fedi2i.audit.cells import AuditContext, build_cells
+
+    seen: dict[str, object] = {}
+    monkeypatch.setattr(membership_run, "run_membership",
+                        lambda run_dir, data, settings, out: seen.update({Path(out).name: settings.exposure_rounds}))
+    config = tiny_config.model_copy(update={"attacks": tiny_config.attacks.model_copy(update={"membership": {
+        **tiny_config.attacks["membership"], "exposure_rounds": "all"}})})
+    ctx = AuditContext(config, tmp_path)
+    monkeypatch.setattr(AuditContext, "data", None)  # the actions must not need the data to pick their settings
+    for cell in build_cells(ctx):
+        if cell.key in ("membership/none", "membership/secagg", "membership/dp"):
+            cell.action()
+    assert seen == {"none": "all", "secagg": "all", "dp": None}

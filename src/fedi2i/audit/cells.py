@@ -6,6 +6,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from fedi2i.audit.exposure_plan import ROUND_CURVE_DEFENCES, exposure_cells
 from fedi2i.audit.plan import TRAIN_RUNS, AuditCell, audit_settings, train_key
 from fedi2i.config import Config, config_from_dict, set_dotted
 from fedi2i.data.federation import FederatedData, load_federation
@@ -56,7 +57,10 @@ def _membership_action(ctx: AuditContext, defence: str):
         from fedi2i.attacks.membership.settings import settings_from_config
 
         out = ctx.out_dir / "membership" / defence
-        return run_membership(ctx.run_dir(defence), ctx.data, settings_from_config(ctx.config.attacks), out)
+        settings = settings_from_config(ctx.config.attacks)
+        if defence not in ROUND_CURVE_DEFENCES:  # the report draws no round curve of it: skip its cost
+            settings = settings.model_copy(update={"exposure_rounds": None})
+        return run_membership(ctx.run_dir(defence), ctx.data, settings, out)
     return action
 
 
@@ -115,7 +119,6 @@ def build_cells(ctx: AuditContext) -> list[AuditCell]:
             cells.append(AuditCell(key=f"membership/{defence}", kind="membership",
                                    title=f"membership {defence}", needs=[train_key(defence)],
                                    action=_membership_action(ctx, defence)))
-        from fedi2i.audit.exposure_plan import exposure_cells
         cells.extend(exposure_cells(ctx))
     if s.inversion:
         cells.extend(_inversion_cells(ctx))

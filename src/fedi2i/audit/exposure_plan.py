@@ -16,6 +16,10 @@ from fedi2i.audit.plan import AuditCell
 from fedi2i.config import Config
 from fedi2i.data.federation import FederatedData
 
+# The federations whose exposure-vs-round curve the report draws (its series: both attacks without a defence,
+# the global-model attack under secure aggregation); the other membership cells skip the curve.
+ROUND_CURVE_DEFENCES = ("none", "secagg")
+
 
 class Context(Protocol):
     """What the cells need of the audit's context (``fedi2i.audit.cells.AuditContext``)."""

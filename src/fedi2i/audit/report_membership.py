@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from fedi2i.audit import html as H
-from fedi2i.audit.exposure_plan import SIZE_PREFIX
+from fedi2i.audit.exposure_plan import ROUND_CURVE_DEFENCES, SIZE_PREFIX
 from fedi2i.audit.findings.membership import membership_results, secagg_statement
 from fedi2i.audit.schema import ExposurePoint, MembershipResult
 
@@ -29,7 +29,9 @@ def _point_text(point: ExposurePoint | None) -> str:
 def round_curves(membership: dict[str, MembershipResult]) -> Curves:
     """Series of the round curve: both attacks without a defence, the global-model attack under SecAgg."""
     out: Curves = {}
-    for defence, suffix in (("none", ""), ("secagg", ", secure aggregation")):
+    suffixes = {"none": "", "secagg": ", secure aggregation"}
+    for defence in ROUND_CURVE_DEFENCES:
+        suffix = suffixes[defence]
         result = membership.get(f"membership/{defence}")
         curve = result.exposure_round if result is not None else None
         for method, points in (curve.methods if curve is not None else {}).items():

@@ -102,6 +102,11 @@ def choices(name: str, values: Iterable[str]) -> type[Enum]:
     return Enum(name, {v: v for v in values}, type=str)  # type: ignore[return-value]
 
 
+def presets_help(what: str = "or YAML file") -> str:
+    """The help text of a preset option, naming the presets actually shipped."""
+    return f"Preset ({', '.join(preset_names())}) {what}."
+
+
 def complete_preset(incomplete: str) -> list[str]:
     """Shell completion of a preset option: the shipped presets (a YAML path is completed by the shell)."""
     return [name for name in preset_names() if name.startswith(incomplete)]

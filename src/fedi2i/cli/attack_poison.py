@@ -9,7 +9,8 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from fedi2i.cli.app import attack_app, check_out_folder, complete_preset, console, load_cli_config, setup_logging
+from fedi2i.cli.app import (attack_app, check_out_folder, complete_preset, console, load_cli_config, presets_help,
+                            setup_logging)
 from fedi2i.config import Config
 
 if TYPE_CHECKING:  # the attack code (torch) is imported only when the command runs
@@ -22,8 +23,8 @@ if TYPE_CHECKING:  # the attack code (torch) is imported only when the command r
 @attack_app.command("poison")
 def poison_command(
     config: Annotated[str, typer.Option(
-        "--config", "-c", help="Preset name (quick, paper, tiny) or YAML file; the matrix is read from its "
-                               "attacks.poison section.", autocompletion=complete_preset)] = "quick",
+        "--config", "-c", help=presets_help("or YAML file; the matrix is read from its attacks.poison section"),
+        autocompletion=complete_preset)] = "quick",
     out: Annotated[Path, typer.Option(
         help="Output folder; finished cells found there are reused.")] = Path("runs/poison"),
     data: Annotated[Optional[Path], typer.Option(

@@ -7,13 +7,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from fedi2i.cli.app import app, check_out_folder, complete_preset, console, load_cli_config, setup_logging
-
-
+from fedi2i.cli.app import app, check_out_folder, complete_preset, console, load_cli_config, presets_help, setup_logging
 @app.command("audit")
 def audit_command(
     preset: Annotated[str, typer.Option(
-        "--preset", "-p", help="Preset (quick, paper, tiny) or YAML config.", autocompletion=complete_preset)] = "quick",
+        "--preset", "-p", help=presets_help(), autocompletion=complete_preset)] = "quick",
     data: Annotated[Optional[Path], typer.Option(
         help="Dataset folder (default: built-in realistic heads, built on first use).")] = None,
     out: Annotated[Path, typer.Option(help="Audit folder; re-running it skips finished cells.")] = Path("runs/audit"),

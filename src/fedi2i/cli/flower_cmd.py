@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from fedi2i.cli.app import app, check_out_folder, complete_preset, console, load_cli_config, setup_logging
+from fedi2i.cli.app import app, check_out_folder, complete_preset, console, load_cli_config, presets_help, setup_logging
 from fedi2i.errors import ConfigError
 from fedi2i.fl.flower import deploy
 from fedi2i.io import write_text
@@ -21,7 +21,7 @@ from fedi2i.io import write_text
 flower_app = typer.Typer(help="Run the federation on Flower: each hospital a SuperNode (needs the flower extra: pip install 'fedi2i\\[flower]').",
                          no_args_is_help=True)
 
-ConfigOption = Annotated[str, typer.Option("--config", "-c", help="Preset name (quick, paper, tiny) or YAML file.",
+ConfigOption = Annotated[str, typer.Option("--config", "-c", help=presets_help(),
                                            autocompletion=complete_preset)]
 SetOption = Annotated[Optional[list[str]], typer.Option(
     "--set", help="Override any config key: --set train.rounds=3")]

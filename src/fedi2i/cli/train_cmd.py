@@ -9,7 +9,7 @@ from typing import Annotated, Optional, get_args
 import typer
 from rich.table import Table
 
-from fedi2i.cli.app import (app, check_out_folder, choices, complete_preset, console, load_cli_config,
+from fedi2i.cli.app import (app, check_out_folder, choices, complete_preset, console, load_cli_config, presets_help,
                             setup_logging)
 from fedi2i.cli.progress import round_progress
 from fedi2i.config import Config, FederationConfig
@@ -35,7 +35,7 @@ def parse_rounds(text: Optional[str]) -> object:
 @app.command("train")
 def train_command(
     config: Annotated[str, typer.Option(
-        "--config", "-c", help="Preset name (quick, paper, tiny) or YAML file.",
+        "--config", "-c", help=presets_help(),
         autocompletion=complete_preset)] = "quick",
     out: Annotated[Optional[Path], typer.Option(
         help="Run folder, resumed if it holds an unfinished run of the same settings (default: "
