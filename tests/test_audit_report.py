@@ -16,7 +16,7 @@ from fedi2i.audit.run import run_audit
 from fedi2i.audit.schema import load_results
 from fedi2i.config import Config, load_config
 from fedi2i.errors import RunStateError
-from tests.cli_harness import EXIT_RUN_STATE, assert_clear_error, run_cli
+from tests.cli_harness import EXIT_RUN_STATE, assert_clear_error, run_cli, tree_hash
 
 POISON = {"attacks": ["update_noise"], "levels": ["high"], "update_noise": {"high": 1.0}, "n_malicious": [2],
           "malicious": ["A", "B"], "rules": ["fedmedian"], "rounds": 2, "eval_every": 2}
@@ -139,3 +139,31 @@ def test_detection_leaves_out_non_finite_scores_and_labels_majorities() -> None:
     assert rows[("fedmedian", 2)]["guarantee"] == "void" and rows[("fedmedian", 2)]["majority"]
     assert rows[("fedavg", 1)]["guarantee"] == "void" and not rows[("fedavg", 1)]["majority"]
     assert "more than the 0 the rule tolerates" in rows[("fedavg", 1)]["why"]
+
+
+def test_resuming_an_audit_with_other_settings_is_refused_and_changes_nothing(tmp_path: Path) -> None:
+    """A finished cell of another attack budget must not be reported as a result of the new one: the CLI
+    refuses the folder, names what changed, and leaves every file as it was. What only picks cells
+    (attacks.audit), the label or the data folder's path may change."""
+    from fedi2i.audit.store import check_resumable
+    from fedi2i.config import config_from_dict, dump_config, set_dotted
+
+    out = tmp_path / "audit"
+    (out / "cells").mkdir(parents=True)
+    tiny = load_config("tiny")
+    dump_config(tiny, out / "config.yaml")
+    (out / "cells" / "poison_fedavg__baseline.json").write_text("{}")  # the check reads no cell
+    before = tree_hash(out)
+    result = run_cli("audit", "--preset", "tiny", "--out", out, "--quiet", "--set", "attacks.poison.rounds=3",
+                     "--set", "seed=1")
+    assert_clear_error(result, EXIT_RUN_STATE, str(out), "attacks.poison.rounds", "-> 3", "seed: 0 -> 1",
+                       "another --out")
+    assert tree_hash(out) == before
+
+    raw = tiny.model_dump(mode="json")
+    for key, value in (("name", "renamed"), ("attacks.audit.inversion", False), ("data.root", str(tmp_path))):
+        set_dotted(raw, key, value)
+    check_resumable(out, config_from_dict(raw, source="test"))  # none of these shapes a finished cell
+    (out / "cells" / "poison_fedavg__baseline.json").unlink()
+    set_dotted(raw, "attacks.poison.rounds", 3)
+    check_resumable(out, config_from_dict(raw, source="test"))  # no finished cell: nothing to protect

@@ -309,8 +309,8 @@ def dump_config(config: Config, path: Path) -> None:
 NOT_RESULT_SHAPING = ("name", "attacks", "data.root", "train.threads")
 
 
-def result_fields(config: Config) -> dict[str, Any]:
-    """The config as flat dotted keys, minus ``NOT_RESULT_SHAPING``: what a resumed run must keep."""
+def result_fields(config: Config, skip: tuple[str, ...] = NOT_RESULT_SHAPING) -> dict[str, Any]:
+    """The config as flat dotted keys, minus ``skip`` (keys and whole sections): what a resumed run must keep."""
     flat: dict[str, Any] = {}
 
     def walk(node: Any, prefix: str) -> None:
@@ -319,7 +319,7 @@ def result_fields(config: Config) -> dict[str, Any]:
                 walk(value, f"{prefix}{key}.")
             return
         key = prefix[:-1]
-        if not any(key == skip or key.startswith(skip + ".") for skip in NOT_RESULT_SHAPING):
+        if not any(key == k or key.startswith(k + ".") for k in skip):
             flat[key] = node
 
     walk(config.model_dump(mode="json"), "")

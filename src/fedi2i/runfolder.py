@@ -71,14 +71,19 @@ def check_resumable(run_dir: Path, fingerprint: dict[str, Any]) -> None:
         read_checkpoint(run_dir / CHECKPOINT)
 
 
+def settings_diff(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """The changed settings of two fingerprints, "key: old -> new; ..." ("" when none changed). A setting
+    added to fedi2i since the old one was written is not a change."""
+    keys = sorted(set(old) & set(new))
+    diffs = [f"{k}: {old[k]} -> {new[k]}" for k in keys if old[k] != new[k]]
+    return "; ".join(diffs[:6]) + (f"; and {len(diffs) - 6} more" if len(diffs) > 6 else "")
+
+
 def _refuse_other_settings(run_dir: Path, old: dict[str, Any], fingerprint: dict[str, Any]) -> None:
-    keys = sorted(set(old) & set(fingerprint))  # a setting added to fedi2i since is not a change
-    diffs = [f"{k}: {old[k]} -> {fingerprint[k]}" for k in keys if old[k] != fingerprint[k]]
-    if not diffs:
-        return
-    shown = "; ".join(diffs[:6]) + (f"; and {len(diffs) - 6} more" if len(diffs) > 6 else "")
-    raise RunStateError(f"{run_dir} holds a run with other settings ({shown}); pass another --out to keep it, "
-                        "or --fresh to replace it")
+    shown = settings_diff(old, fingerprint)
+    if shown:
+        raise RunStateError(f"{run_dir} holds a run with other settings ({shown}); pass another --out to keep "
+                            "it, or --fresh to replace it")
 
 
 def clear_run(run_dir: Path) -> None:

@@ -38,7 +38,7 @@ from fedi2i.audit.cells import AuditContext, build_cells
 from fedi2i.audit.plan import AuditCell
 from fedi2i.audit.report import write_report
 from fedi2i.audit.schema import CellEntry
-from fedi2i.audit.store import CellStore
+from fedi2i.audit.store import CONFIG_FILE, CellStore, check_resumable
 from fedi2i.config import Config, dump_config
 
 log = logging.getLogger(__name__)
@@ -224,10 +224,11 @@ def run_audit(config: Config, out_dir: Path, progress: bool = True, on_cell: OnC
     """Plan, run (skipping finished cells, ``workers`` at a time) and report; returns report.html's path."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    check_resumable(out_dir, config)
     torch.set_num_threads(_threads(config, workers))
-    dump_config(config, out_dir / "config.yaml")
     store = CellStore(out_dir)
     store.all()  # every stored cell is read (validated) now: a corrupt one stops the audit before any work
+    dump_config(config, out_dir / CONFIG_FILE)
     context = AuditContext(config, out_dir)
     cells = build_cells(context)
     console = Console()

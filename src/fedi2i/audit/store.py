@@ -4,7 +4,9 @@ A cell is finished when its JSON exists with status "ok"; a failed cell is store
 the report can show it, and is retried on the next run. Killing the audit loses at most the cell in
 flight, because nothing else is ever half-written. Every file is validated when read (``CellEntry``):
 a corrupt or foreign one stops the audit with an error naming it, rather than being silently recomputed
-or, worse, reported.
+or, worse, reported. A folder whose cells were computed under other settings is refused before anything is
+run or written (``check_resumable``): its finished cells would otherwise be reported as results of the new
+settings.
 """
 
 from __future__ import annotations
@@ -15,7 +17,33 @@ from pathlib import Path
 from typing import Any
 
 from fedi2i.audit.schema import CellEntry, load_cell
+from fedi2i.config import Config, load_config, result_fields
+from fedi2i.errors import ConfigError, RunStateError
 from fedi2i.io import write_text
+from fedi2i.runfolder import settings_diff
+
+CONFIG_FILE = "config.yaml"
+# What a resumed audit may change: its label, where the data lies, torch's thread count, and which parts of
+# the audit run (attacks.audit adds or drops whole cells; a finished cell stays valid).
+NOT_CELL_SHAPING = ("name", "data.root", "train.threads", "attacks.audit")
+
+
+def check_resumable(out_dir: Path, config: Config) -> None:
+    """Refuse an audit folder whose finished cells were computed with other settings (a changed attack budget,
+    seed, recipe, ...), naming what changed; a folder without cells may be reused freely."""
+    out_dir = Path(out_dir)
+    path = out_dir / CONFIG_FILE
+    if not path.exists() or not any((out_dir / "cells").glob("*.json")):
+        return
+    hint = "pass another --out to keep it, or delete the folder to start over"
+    try:
+        old = load_config(path)
+    except ConfigError as exc:
+        raise RunStateError(f"{path} no longer loads ({exc}); {hint}") from None
+    changed = settings_diff(result_fields(old, NOT_CELL_SHAPING), result_fields(config, NOT_CELL_SHAPING))
+    if changed:
+        raise RunStateError(f"{out_dir} holds an audit run with other settings ({changed}): its finished cells "
+                            f"would be reported as results of these; {hint}")
 
 
 def cell_filename(key: str) -> str:

@@ -26,10 +26,13 @@ def audit_command(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Train the baseline and the defended federations, attack them all, and write report.html."""
-    from fedi2i.audit.run import default_workers, run_audit
+    from fedi2i.audit.store import check_resumable
 
     setup_logging(verbose)
     check_out_folder(out)
     cfg = load_cli_config(preset, set_, data__root=data, data__skip_bad=skip_bad or None)
+    check_resumable(out, cfg)  # before the training code loads
+    from fedi2i.audit.run import default_workers, run_audit
+
     report = run_audit(cfg, out, progress=not quiet, workers=workers or default_workers())
     console.print(f"report: {report.resolve()}", markup=False)
