@@ -279,7 +279,6 @@ class SecAggServer:
         self._begin("unmask")
         got = self._accept(replies, UnmaskReply, self.u4, "unmask")
         self.u5 = set(got)
-        t = self.threshold
         b_shares: dict[str, dict[int, int]] = {u: {} for u in self.u3}
         s_shares: dict[str, dict[int, int]] = {v: {} for v in self.u2 - self.u3}
         for w, r in got.items():
