@@ -35,6 +35,12 @@ def test_interval_clearly_on_one_side_gives_that_side() -> None:
     assert status_from_interval(Interval(0.60, 0.45, 0.75), -math.inf, 0.65, **chance) == "inconclusive"
 
 
+def test_interval_text_reads_unambiguously_with_negative_ends() -> None:
+    assert Interval(0.68, 0.63, 0.73).text() == "0.68 [95% CI 0.63-0.73]"
+    assert Interval(-0.37, -0.47, -0.27).text() == "-0.37 [95% CI -0.47 to -0.27]"
+    assert Interval(-0.28, -0.75, 0.19).text() == "-0.28 [95% CI -0.75 to 0.19]"
+
+
 def test_joint_status_needs_every_part() -> None:
     assert joint_status(["reproduced", "exceeded"]) == "reproduced"
     assert joint_status(["exceeded", "exceeded"]) == "exceeded"

@@ -54,7 +54,9 @@ class Interval:
         return cls(float(point), float(ci[0]), float(ci[1]))
 
     def text(self, digits: int = 2) -> str:
-        return f"{self.point:.{digits}f} [95% CI {self.low:.{digits}f}-{self.high:.{digits}f}]"
+        """"0.68 [95% CI 0.63-0.73]"; with a negative end "-0.37 [95% CI -0.47 to -0.27]" (no "--")."""
+        sep = " to " if min(self.low, self.high) < 0 else "-"
+        return f"{self.point:.{digits}f} [95% CI {self.low:.{digits}f}{sep}{self.high:.{digits}f}]"
 
 
 def status_from_interval(interval: Interval, study_low: float, study_high: float, *,
