@@ -25,9 +25,9 @@ import yaml
 from fedi2i.audit import html as H, report_membership
 from fedi2i.audit.findings import (Comparison, Threat, membership_aucs, poison_effects, quality, summarise,
                                    unusable_numbers)
+from fedi2i.audit.findings.membership import membership_results
 from fedi2i.audit.plan import AuditCell
 from fedi2i.audit.report_inversion import section_inversion
-from fedi2i.audit.findings.membership import membership_results
 from fedi2i.audit.schema import AuditResults, MembershipResult, PoisonEffect, finite_json
 from fedi2i.audit.store import CellStore
 from fedi2i.config import Config

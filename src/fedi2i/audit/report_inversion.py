@@ -41,7 +41,8 @@ def _row(x: InversionResult) -> tuple[object, ...]:
     improving = curve.still_improving if curve is not None else None
     return (*base, f"{reading.modality.upper()} {reading.margin:+.3f} {ci}",
             f"{reading.reid_top1:.0%} ({reading.reid_chance:.0%})",
-            f"{_num(gap.reconstruction if gap else None, '.4f')} / {_num(gap.truth if gap else None, '.1e')}",
+            f"{_num(gap.reconstruction if gap is not None else None, '.4f')} / "
+            f"{_num(gap.truth if gap is not None else None, '.1e')}",
             "n/a" if reading.gap_ratio is None else f"{reading.gap_ratio:.3g}x",
             "n/a" if improving is None else ("yes" if improving else "no"), reading.verdict,
             x.iterations, _num(x.seconds, ".0f"))

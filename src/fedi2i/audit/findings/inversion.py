@@ -107,8 +107,8 @@ def inversion_findings(cells: dict[str, dict[str, Any]]) -> tuple[list[Threat], 
         ssim, psnr = (raw.mri_ssim, raw.mri_psnr) if raw is not None else (None, None)
         comps.append(Comparison(
             "DLG recovers only coarse anatomy", "SSIM <= 0.16, PSNR <= 11 dB",
-            f"best DLG: {best_dlg.text()}; raw whole-slice MRI SSIM {fmt(ssim)}, PSNR {fmt(psnr, 1)} dB. Reproduced while the in-mask margin stays below "
-            f"{HIGH_MARGIN} (detail) with its whole interval",
+            f"best DLG: {best_dlg.text()}; raw whole-slice MRI SSIM {fmt(ssim)}, PSNR {fmt(psnr, 1)} dB. "
+            f"Reproduced while the in-mask margin stays below {HIGH_MARGIN} (detail) with its whole interval",
             _interval_status(best_dlg, HIGH_MARGIN), intervals=_intervals([best_dlg])))
     stronger = _readings(rows, "none", exclude=("dlg",))
     best = most_revealing(stronger)
