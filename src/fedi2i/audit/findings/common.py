@@ -39,23 +39,21 @@ LEVEL_ORDER = ("none", "low", "medium", "high")
 VERDICT_ORDER = ("low", "medium", "high")
 
 __all__ = ["CHANCE_AUC", "CONFOUND", "Comparison", "FEDMIA_METHODS", "LEVEL_ORDER", "SINGLE_RUN_NOISE", "STUDY",
-           "Threat", "finite", "fmt", "interval_status", "level", "level_of_interval", "ok_results", "parts_dict",
-           "parts_text", "signed", "typed_results", "verdict_range"]
-
-
-def ok_results(cells: dict[str, dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
-    return {k: v["result"] for k, v in cells.items() if v.get("kind") == kind and v.get("status") == "ok"}
+           "Threat", "finite", "fmt", "interval_status", "level", "level_of_interval", "parts_dict", "parts_text",
+           "signed", "typed_results", "verdict_range"]
 
 
 def typed_results(cells: dict[str, dict[str, Any]] | dict[str, CellEntry], kind: str, model: type[R]) -> dict[str, R]:
     """The finished cells of one kind, each result read through its schema model (``TrainResult``, ...)."""
     out: dict[str, R] = {}
     for key, raw in cells.items():
+        kind_and_status = (raw.kind, raw.status) if isinstance(raw, CellEntry) else (raw.get("kind"), raw.get("status"))
+        if kind_and_status != (kind, "ok"):  # only this kind's cells are validated, not every cell each time
+            continue
         entry = raw if isinstance(raw, CellEntry) else CellEntry.model_validate({"key": key, "title": key, **raw})
-        if entry.kind == kind and entry.status == "ok":
-            result = entry.typed()
-            assert isinstance(result, model), f"{key}: a {kind} cell read as {type(result).__name__}"
-            out[key] = result
+        result = entry.typed()
+        assert isinstance(result, model), f"{key}: a {kind} cell read as {type(result).__name__}"
+        out[key] = result
     return out
 
 
